@@ -1,0 +1,72 @@
+"""Checkpoints: tensors and plain values only, written atomically, read with weights_only=True."""
+
+import os
+import random
+
+import numpy as np
+import torch
+
+from nenya.errors import NenyaError
+
+
+def rng_state() -> dict:
+    """Every random generator's state, as tensors and plain values."""
+    kind, key, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": {"key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached": float(cached)}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what rng_state() saved."""
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    numpy = state["numpy"]
+    np.random.set_state(("MT19937", numpy["key"].numpy().astype(np.uint32), numpy["pos"],
+                         numpy["has_gauss"], numpy["cached"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: str, state: dict) -> None:
+    """Write ``state`` to ``path`` atomically: temp file, fsync, rename."""
+    temporary = f"{path}.tmp"
+    with open(temporary, "wb") as handle:
+        torch.save(state, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def load_checkpoint(path: str) -> dict:
+    """Read a checkpoint with weights_only=True; a missing or corrupt file is a NenyaError."""
+    if not os.path.isfile(path):
+        raise NenyaError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a damaged file
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise NenyaError(f"checkpoint {path} is corrupt or not a nenya checkpoint ({reason})") from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise NenyaError(f"checkpoint {path} is not a nenya checkpoint (no 'model' entry)")
+    return state
+
+
+def load_model_state(model: torch.nn.Module, state_dict: dict, path: str) -> None:
+    """Load weights strictly; a mismatch is a NenyaError that says which tensors do not fit."""
+    own = model.state_dict()
+    missing = [key for key in own if key not in state_dict]
+    unexpected = [key for key in state_dict if key not in own]
+    wrong_shape = [f"{key} {tuple(state_dict[key].shape)} vs {tuple(own[key].shape)}"
+                   for key in own if key in state_dict and state_dict[key].shape != own[key].shape]
+    if missing or unexpected or wrong_shape:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)):
+            if keys:
+                more = f" (+{len(keys) - 3} more)" if len(keys) > 3 else ""
+                parts.append(f"{label}: {', '.join(keys[:3])}{more}")
+        raise NenyaError(f"checkpoint {path} does not fit the model {type(model).__name__}: {'; '.join(parts)}")
+    model.load_state_dict(state_dict)

@@ -1,0 +1,32 @@
+"""What every nenya command shares: argument errors and user errors as one ``nenya: error:`` line, exit 2."""
+
+import argparse
+import sys
+import warnings
+
+from nenya.errors import NenyaError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise NenyaError(f"{self.prog}: {message} (see --help)")
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"nenya: warning: {message}", file=sys.stderr)
+
+
+def run_cli(prog: str, description: str, add_arguments, run, argv=None) -> int:
+    """Parse ``argv`` and call ``run(args)``; a NenyaError becomes one stderr line and status 2."""
+    warnings.showwarning = _show_warning
+    parser = _Parser(prog=f"python -m {prog}", description=description)
+    add_arguments(parser)
+    try:
+        run(parser.parse_args(argv))
+    except NenyaError as err:
+        print(f"nenya: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("nenya: interrupted", file=sys.stderr)
+        return 130
+    return 0

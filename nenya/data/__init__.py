@@ -1,0 +1,1 @@
+"""Datasets (HDF5 images, built-in data) and tensor augmentations."""

@@ -1,0 +1,178 @@
+"""Nenya's augmentations as tensor operations on one image [C, H, W] (any C, CPU or GPU).
+
+Every random draw comes from torch's global RNG, so torch.manual_seed makes runs repeatable.
+Images with extra leading axes ([C, D, H, W]) are treated as a stack of [H, W] planes.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from nenya.errors import NenyaError
+
+
+class Compose:
+    """Apply transforms one after another."""
+
+    def __init__(self, transforms):
+        self.transforms = list(transforms)
+
+    def __call__(self, image):
+        for transform in self.transforms:
+            image = transform(image)
+        return image
+
+    def __repr__(self):
+        return f"Compose({self.transforms!r})"
+
+
+class TwoViews:
+    """Return two independent draws of `transform` stacked as [2, C, H, W]."""
+
+    def __init__(self, transform):
+        self.transform = transform
+
+    def __call__(self, image):
+        return torch.stack([self.transform(image), self.transform(image)])
+
+    def __repr__(self):
+        return f"TwoViews({self.transform!r})"
+
+
+class RandomFlip:
+    """Flip horizontally and vertically, each with probability 0.5."""
+
+    def __call__(self, image):
+        flip_h, flip_v = (torch.rand(2) < 0.5).tolist()
+        dims = [d for d, on in ((-1, flip_h), (-2, flip_v)) if on]
+        return image.flip(dims) if dims else image
+
+    def __repr__(self):
+        return "RandomFlip()"
+
+
+def rotate(image, degrees, padding_mode="zeros"):
+    """Rotate [..., H, W] counter-clockwise by `degrees` about the centre (bilinear; like torch.rot90 for 90)."""
+    height, width = image.shape[-2:]
+    rad = math.radians(degrees)
+    cos, sin = math.cos(rad), math.sin(rad)
+    # affine_grid maps output to input in coordinates normalised per axis; rescale so the
+    # rotation happens in pixel units and non-square images are not sheared.
+    theta = torch.tensor(
+        [[cos, -sin * height / width, 0.0], [sin * width / height, cos, 0.0]],
+        dtype=image.dtype,
+        device=image.device,
+    )
+    planes = image.reshape(1, -1, height, width)
+    grid = F.affine_grid(theta[None], list(planes.shape), align_corners=False)
+    out = F.grid_sample(planes, grid, mode="bilinear", padding_mode=padding_mode, align_corners=False)
+    return out.reshape(image.shape)
+
+
+class RandomRotate:
+    """Rotate by an angle uniform in [-max_degrees, max_degrees]; corners filled with zeros."""
+
+    def __init__(self, max_degrees=180.0, padding_mode="zeros"):
+        self.max_degrees = float(max_degrees)
+        self.padding_mode = padding_mode
+
+    def __call__(self, image):
+        angle = (torch.rand(()).item() * 2.0 - 1.0) * self.max_degrees
+        return rotate(image, angle, self.padding_mode)
+
+    def __repr__(self):
+        return f"RandomRotate(max_degrees={self.max_degrees})"
+
+
+class JitterCrop:
+    """Crop a crop x crop window near the centre (integer jitter up to `jitter`), resize back to H x W."""
+
+    def __init__(self, crop, jitter):
+        crop, jitter = int(crop), int(jitter)
+        if crop < 1 or jitter < 0:
+            raise NenyaError(
+                f"random_cropjitter=[{crop}, {jitter}] is invalid; use [crop, jitter] with crop >= 1 and jitter >= 0"
+            )
+        self.crop = crop
+        self.jitter = jitter
+
+    def __call__(self, image):
+        height, width = image.shape[-2:]
+        crop = self.crop
+        if crop > height or crop > width:
+            raise NenyaError(
+                f"random_cropjitter=[{crop}, {self.jitter}] crops {crop} pixels but the images are "
+                f"{height}x{width}; use a crop of at most {min(height, width)}"
+            )
+        dy, dx = torch.randint(-self.jitter, self.jitter + 1, (2,)).tolist()
+        top = min(max((height - crop) // 2 + dy, 0), height - crop)
+        left = min(max((width - crop) // 2 + dx, 0), width - crop)
+        window = image[..., top:top + crop, left:left + crop]
+        if (crop, crop) == (height, width):
+            return window
+        planes = window.reshape(1, -1, crop, crop)
+        out = F.interpolate(planes, size=(height, width), mode="bilinear", align_corners=False, antialias=False)
+        return out.reshape(image.shape)
+
+    def __repr__(self):
+        return f"JitterCrop(crop={self.crop}, jitter={self.jitter})"
+
+
+class GaussianNoise:
+    """Add noise drawn from N(0, sigma^2) to every pixel."""
+
+    def __init__(self, sigma):
+        self.sigma = float(sigma)
+
+    def __call__(self, image):
+        return image + self.sigma * torch.randn_like(image)
+
+    def __repr__(self):
+        return f"GaussianNoise(sigma={self.sigma})"
+
+
+class Demean:
+    """Subtract the image's mean over all pixels and channels."""
+
+    def __call__(self, image):
+        return image - image.mean()
+
+    def __repr__(self):
+        return "Demean()"
+
+
+def build_augmentation(flip, rotate, random_cropjitter, gauss_noise, demean):
+    """Compose the enabled augmentations in Nenya's order: rotate, flip, jitter-crop, noise, demean."""
+    steps = []
+    if rotate:
+        steps.append(RandomRotate())
+    if flip:
+        steps.append(RandomFlip())
+    crop_jitter = _parse_cropjitter(random_cropjitter)
+    if crop_jitter is not None:
+        steps.append(JitterCrop(*crop_jitter))
+    if gauss_noise:
+        if gauss_noise < 0:
+            raise NenyaError(f"gauss_noise={gauss_noise} is negative; use a noise sigma >= 0 (0 turns it off)")
+        steps.append(GaussianNoise(gauss_noise))
+    if demean:
+        steps.append(Demean())
+    return Compose(steps)
+
+
+def _parse_cropjitter(value):
+    """Return (crop, jitter) from Nenya's random_cropjitter option, or None when it is off."""
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)) or len(value) not in (0, 2):
+        raise NenyaError(f"random_cropjitter={value!r} is invalid; use [crop, jitter], [] or null")
+    if len(value) == 0:
+        return None
+    try:
+        crop, jitter = (int(v) for v in value)
+    except (TypeError, ValueError):
+        raise NenyaError(f"random_cropjitter={value!r} is invalid; use two integers [crop, jitter]") from None
+    if crop == 0 and jitter == 0:
+        return None
+    return crop, jitter

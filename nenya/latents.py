@@ -1,0 +1,80 @@
+"""Embeddings of every image: ``python -m nenya.latents RUN_DIR DATA.h5 OUT.h5 [--encoder]``."""
+
+import os
+import sys
+
+import h5py
+import torch
+
+from nenya.cli import run_cli
+from nenya.data.augment import Demean
+from nenya.data.hdf5 import HDF5Images, check_channels
+from nenya.errors import NenyaError
+from nenya.features import extract_features
+from nenya.runs import load_run
+from nenya.train_util import select_device
+
+
+def image_partitions(path: str) -> list[str]:
+    """Names of the image datasets of an HDF5 file (not labels or masks), in file order."""
+    if not os.path.isfile(path):
+        raise NenyaError(f"data file {path} does not exist")
+    with h5py.File(path, "r") as handle:
+        return [name for name, node in handle.items() if isinstance(node, h5py.Dataset) and node.ndim >= 3
+                and not name.endswith(("_labels", "_masks"))]
+
+
+def write_latents(folder: str, data_path: str, out_path: str, encoder: bool = False, checkpoint: str = "best",
+                  partitions=None, batch_size: int = 256, overwrite: bool = False, progress: bool = True) -> dict:
+    """Write one [N, D] float32 dataset per partition of ``data_path`` into ``out_path``; return their shapes."""
+    if os.path.exists(out_path) and not overwrite:
+        raise NenyaError(f"{out_path} already exists; choose another output file or pass --overwrite")
+    opt, method, model = load_run(folder, checkpoint)
+    if not hasattr(model, "encode"):
+        raise NenyaError(f"the model of {folder} ({opt.ssl_model}) makes no embeddings")
+    device = select_device(opt)
+    model = model.to(device)
+    partitions = partitions or image_partitions(data_path)
+    if not partitions:
+        raise NenyaError(f"{data_path} holds no image datasets")
+    encode = model.encode if encoder else model
+    transform = Demean() if opt.demean else None
+    shapes = {}
+    temporary = f"{out_path}.tmp"
+    with h5py.File(temporary, "w") as out:
+        for key in partitions:
+            dataset = HDF5Images(data_path, key, transform=transform, key_option="--keys")
+            check_channels(dataset, opt.nchannels)
+            features, _ = extract_features(encode, dataset, batch_size, device, progress=progress, desc=key)
+            out.create_dataset(key, data=features.numpy())
+            shapes[key] = tuple(features.shape)
+        out.attrs["run"] = os.path.abspath(folder)
+        out.attrs["output"] = "encoder" if encoder else "head"
+    os.replace(temporary, out_path)
+    return shapes
+
+
+def cli(argv=None) -> int:
+    """Command-line entry point of nenya.latents."""
+    def add_arguments(parser):
+        parser.add_argument("run", help="run folder (model_root/model_name)")
+        parser.add_argument("data", help="HDF5 file in Nenya's layout")
+        parser.add_argument("out", help="HDF5 file to write (one dataset per partition)")
+        parser.add_argument("--encoder", action="store_true", help="encoder features instead of the head output")
+        parser.add_argument("--checkpoint", default="best", help="best, last or a .pth file in the run folder")
+        parser.add_argument("--keys", nargs="+", help="partitions to embed (default: every image dataset)")
+        parser.add_argument("--batch-size", type=int, default=256)
+        parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+
+    def run(args):
+        with torch.no_grad():
+            shapes = write_latents(args.run, args.data, args.out, args.encoder, args.checkpoint, args.keys,
+                                   args.batch_size, args.overwrite)
+        for key, shape in shapes.items():
+            print(f"{args.out}:{key} {list(shape)}")
+
+    return run_cli("nenya.latents", __doc__, add_arguments, run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -1,0 +1,11 @@
+"""The method registry: ``ssl_method`` name -> Method class (one file per method family)."""
+
+from nenya.methods.base import Method
+from nenya.methods.contrastive import SimCLR, SupCon
+
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (SimCLR, SupCon)}
+
+
+def get_method(opt) -> Method:
+    """The Method object for ``opt.ssl_method`` (options already validated)."""
+    return METHODS[opt.ssl_method](opt)

@@ -1,0 +1,164 @@
+"""Options: Params, loading a JSON opts file, key=value overrides, validation and option_preprocess."""
+
+import difflib
+import json
+import math
+import os
+import warnings
+
+from nenya.errors import NenyaError
+from nenya.schema import LEGACY_KEYS, OPTIONS, SCHEMA  # noqa: F401  (OPTIONS re-exported for the docs)
+
+
+class Params:
+    """The resolved options of one run, read as attributes (``opt.learning_rate``)."""
+
+    def __init__(self, values: dict):
+        self.__dict__.update(values)
+
+    def to_dict(self) -> dict:
+        """A plain-dict copy of every option."""
+        return dict(self.__dict__)
+
+    def __repr__(self):
+        return f"Params({self.__dict__!r})"
+
+
+def load_options(path: str) -> dict:
+    """Read a JSON opts file into a dict; invalid JSON is a NenyaError with line and column."""
+    if not os.path.isfile(path):
+        raise NenyaError(f"options file {path} does not exist")
+    with open(path) as handle:
+        text = handle.read()
+    try:
+        values = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise NenyaError(f"{path} is not valid JSON: {err.msg} at line {err.lineno} column {err.colno}") from None
+    if not isinstance(values, dict):
+        raise NenyaError(f"{path} must hold one JSON object of options, not a {type(values).__name__}")
+    return {key: value for key, value in values.items() if not key.startswith("_")}
+
+
+def parse_overrides(items) -> dict:
+    """Turn ``key=value`` strings into a dict; values are JSON, or plain strings when not JSON."""
+    overrides = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise NenyaError(f"override '{item}' must look like key=value (value as JSON, e.g. epochs=3)")
+        try:
+            overrides[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            overrides[key] = raw
+    return overrides
+
+
+def _did_you_mean(word: str, candidates) -> str:
+    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _coerce(option, value, source: str):
+    """Check one value against its option's type; return it in canonical form."""
+    where = f"{source}: option '{option.name}'"
+    if value is None:
+        if option.nullable:
+            return None
+        raise NenyaError(f"{where} must not be null (expected {option.type})")
+    kind = option.type
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+    elif kind == "int":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif kind == "float":
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif kind == "str":
+        if isinstance(value, str):
+            return value
+    elif kind == "int_list":
+        if isinstance(value, str):
+            try:
+                return [int(part) for part in value.split(",") if part.strip()]
+            except ValueError:
+                pass
+        elif isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            return list(value)
+    raise NenyaError(f"{where} must be {kind}, got {json.dumps(value)} ({type(value).__name__})")
+
+
+def validate(values: dict, source: str = "options") -> Params:
+    """Check every key and value against the schema, fill defaults, and return Params."""
+    from nenya.methods import METHODS
+
+    resolved = {}
+    for key, value in values.items():
+        if key in LEGACY_KEYS:
+            warnings.warn(f"{source}: option '{key}' is not used by nenya ({LEGACY_KEYS[key]}); ignored")
+            continue
+        if key not in SCHEMA:
+            raise NenyaError(f"{source}: unknown option '{key}'{_did_you_mean(key, list(SCHEMA) + list(LEGACY_KEYS))}")
+        option = SCHEMA[key]
+        value = _coerce(option, value, source)
+        if option.choices is not None and value is not None and value not in option.choices:
+            allowed = ", ".join(map(str, option.choices))
+            raise NenyaError(f"{source}: option '{key}' is {json.dumps(value)}; allowed: {allowed}")
+        resolved[key] = value
+    for option in OPTIONS:
+        resolved.setdefault(option.name, option.default)
+
+    method = resolved["ssl_method"].lower()
+    if method not in METHODS:
+        raise NenyaError(f"{source}: option 'ssl_method' is '{resolved['ssl_method']}'; "
+                         f"allowed: {', '.join(sorted(METHODS))}{_did_you_mean(method, METHODS)}")
+    resolved["ssl_method"] = method
+    for key in ("epochs", "batch_size_train", "batch_size_valid", "save_freq", "valid_freq", "print_freq", "nchannels"):
+        if resolved[key] < 1:
+            raise NenyaError(f"{source}: option '{key}' must be at least 1, got {resolved[key]}")
+    crop = resolved["random_cropjitter"]
+    if crop is not None and len(crop) not in (0, 2):
+        raise NenyaError(f"{source}: option 'random_cropjitter' must be [crop, jitter], got {crop}")
+    return Params(resolved)
+
+
+def default_model_name(opt: Params) -> str:
+    """Nenya's run name: method, model, rate, decay, batch, temperature and trial (+ _cosine, _warm)."""
+    name = (f"{opt.ssl_method}_{opt.ssl_model}_lr_{opt.learning_rate}_decay_{opt.weight_decay}"
+            f"_bsz_{opt.batch_size_train}_temp_{opt.temp}_trial_{opt.trial}")
+    if opt.cosine:
+        name += "_cosine"
+    if opt.warm:
+        name += "_warm"
+    return name
+
+
+def option_preprocess(opt: Params) -> Params:
+    """Derive the values training needs (run name and folder, warm-up target, cosine floor), Nenya's way."""
+    if opt.batch_size_train > 256:
+        opt.warm = True
+    opt.lr_min = opt.learning_rate * opt.lr_decay_rate ** 3
+    if opt.warm:
+        if opt.cosine:
+            progress = min(opt.warm_epochs / opt.epochs, 1.0)
+            opt.warmup_to = opt.lr_min + (opt.learning_rate - opt.lr_min) * (1 + math.cos(math.pi * progress)) / 2
+        else:
+            opt.warmup_to = opt.learning_rate
+    else:
+        opt.warmup_to = None
+    if not opt.model_name:
+        opt.model_name = default_model_name(opt)
+    return opt
+
+
+def get_options(path: str, overrides: dict | None = None) -> Params:
+    """Load an opts file, apply overrides, validate and preprocess: the options a run uses."""
+    values = load_options(path)
+    values.update(overrides or {})
+    return option_preprocess(validate(values, source=path))
+
+
+def run_dir(opt: Params) -> str:
+    """The run folder ``{model_root}/{model_name}``."""
+    return os.path.join(opt.model_root, opt.model_name)
