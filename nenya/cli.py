@@ -19,7 +19,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 def run_cli(prog: str, description: str, add_arguments, run, argv=None) -> int:
     """Parse ``argv`` and call ``run(args)``; a NenyaError becomes one stderr line and status 2."""
     warnings.showwarning = _show_warning
-    parser = _Parser(prog=f"python -m {prog}", description=description)
+    parser = _Parser(prog=f"python -m {prog}", description=description, allow_abbrev=False)
     add_arguments(parser)
     try:
         run(parser.parse_args(argv))

@@ -166,6 +166,7 @@ def main(opts_path: str, overrides: dict | None = None, debug: bool = False, res
                 value = last_valid.get(monitor[0])
                 if value is not None and is_better(value, best["value"], monitor[1]):
                     best, improved = {"metric": monitor[0], "value": value, "epoch": epoch}, True
+                method.figures(model, device, os.path.join(folder, "figures"), epoch)
             elif valid_loader is None and is_better(result["loss"], best["value"], "min"):
                 best, improved = {"metric": "loss_train", "value": result["loss"], "epoch": epoch}, True
 
@@ -184,7 +185,6 @@ def main(opts_path: str, overrides: dict | None = None, debug: bool = False, res
         writer.close()
     if os.path.isfile(train_h5):
         training_plots(folder)
-    method.figures(model, device, os.path.join(folder, "figures"), opt.epochs)
     metrics = write_metrics(folder, opt.ssl_method, monitor, best, init_metrics, last_valid, last_train_loss,
                             opt.epochs)
     log(f"done: best {best['metric']} {best['value']} at epoch {best['epoch']}; files in {folder}")

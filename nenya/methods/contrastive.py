@@ -1,5 +1,7 @@
 """Contrastive SSL: SimCLR (no labels) and SupCon (labels), two augmented views per image."""
 
+import os
+
 import torch
 
 from nenya.data.augment import Demean, TwoViews, build_augmentation
@@ -11,6 +13,7 @@ from nenya.losses import SupConLoss
 from nenya.methods.base import Method
 from nenya.metrics import knn_accuracy
 from nenya.models import build_model
+from nenya.plots import embedding_scatter, views_grid
 
 
 def unwrap(model):
@@ -30,6 +33,7 @@ class SimCLR(Method):
         self.criterion = SupConLoss(temperature=opt.temp, contrast_mode=opt.contrast_mode,
                                     base_temperature=opt.base_temp)
         self._plain = None
+        self._valid_features = None
 
     def build_model(self):
         """SupConResNet (or another registered encoder) with a projection head."""
@@ -88,6 +92,7 @@ class SimCLR(Method):
         encode = unwrap(model).encode
         size = self.opt.batch_size_valid
         query_features, query_labels = extract_features(encode, queries, size, device)
+        self._valid_features = (query_features, query_labels)
         if bank is None:
             accuracy = knn_accuracy(query_features, query_labels, query_features, query_labels,
                                     self.opt.knn_k, exclude_self=True)
@@ -95,6 +100,21 @@ class SimCLR(Method):
             bank_features, bank_labels = extract_features(encode, bank, size, device)
             accuracy = knn_accuracy(bank_features, bank_labels, query_features, query_labels, self.opt.knn_k)
         return {"knn_acc": accuracy}
+
+
+    def figures(self, model, device, folder, epoch):
+        """The validation embedding (PCA of encoder features, by label) and, once, a few images' two views."""
+        os.makedirs(folder, exist_ok=True)
+        if self._valid_features is not None:
+            features, labels = self._valid_features
+            embedding_scatter(features, labels, os.path.join(folder, f"embedding_epoch{epoch}.png"),
+                              f"validation embedding, epoch {epoch} (PCA)")
+        views_path = os.path.join(folder, "augmentations.png")
+        if not os.path.exists(views_path):
+            train = self.build_datasets()[0]
+            count = min(4, len(train))
+            originals = [self._dataset(self.opt.train_key, None)[i][0] for i in range(count)]
+            views_grid(originals, [train[i][0] for i in range(count)], views_path)
 
 
 class SupCon(SimCLR):

@@ -1,0 +1,96 @@
+"""End to end on tiny data: the run folder, bit-exact resume, refusing to overwrite, dry-run."""
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+import nenya.train as train_module
+from nenya.train import main as train_main
+
+RUN_FILES = ["opts.json", "last.pth", "best.pth", "ckpt_epoch_2.pth", "losses_train.h5", "losses_valid.h5",
+             "figures/augmentations.png", "figures/embedding_epoch3.png",
+             "tb", "training.log", "training_plots.png", "metrics.json"]
+
+
+def test_run_folder_holds_every_file(tiny_run):
+    opts, folder = tiny_run
+    metrics = train_main(opts, verbose=False)
+    for name in RUN_FILES:
+        assert (folder / name).exists(), name
+    assert any((folder / "tb").iterdir())
+    with h5py.File(folder / "losses_train.h5") as handle:
+        assert handle["loss_train"].shape == (3,)
+        assert handle["loss_step_train"].shape == (9,)  # 48 images, batch 16, 3 epochs
+        np.testing.assert_allclose(handle["loss_avg_train"][:3], np.cumsum(handle["loss_step_train"][:3]) / [1, 2, 3])
+    with h5py.File(folder / "losses_valid.h5") as handle:
+        assert list(handle["epoch"][:]) == [0, 1, 2, 3]  # epoch 0: at initialisation
+        assert "knn_acc_valid" in handle
+    saved = json.loads((folder / "metrics.json").read_text())
+    assert saved == json.loads(json.dumps(metrics))
+    assert 0.0 <= saved["init"]["knn_acc"] <= 1.0 and saved["best"]["metric"] == "knn_acc"
+    state = torch.load(folder / "last.pth", weights_only=True)
+    assert state["epoch"] == 3 and state["step"] == 9 and state["opts"]["model_name"] == "tiny"
+    resolved = json.loads((folder / "opts.json").read_text())
+    assert resolved["_versions"]["torch"] == torch.__version__
+    assert "epoch 3/3" in (folder / "training.log").read_text()
+
+
+def _interrupt_at(monkeypatch, stop_epoch):
+    real = train_module.train_model
+
+    def interrupted(loader, model, method, optimizer, epoch, *args, **kwargs):
+        if epoch == stop_epoch:
+            raise KeyboardInterrupt
+        return real(loader, model, method, optimizer, epoch, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_model", interrupted)
+
+
+@pytest.mark.parametrize("extra", [{}, {"warm": True, "warm_epochs": 2, "optimizer": "lars", "cosine": False,
+                                        "lr_decay_epochs": [2]}])
+def test_resume_is_bit_exact(tiny_run, tmp_path, monkeypatch, extra):
+    opts, folder = tiny_run
+    whole = train_main(opts, overrides={"model_name": "whole", **extra}, verbose=False)
+    _interrupt_at(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        train_main(opts, overrides={"model_name": "split", **extra}, verbose=False)
+    monkeypatch.undo()
+    split = train_main(opts, overrides={"model_name": "split", **extra}, resume=True, verbose=False)
+    root = folder.parent
+    a = torch.load(root / "whole" / "last.pth", weights_only=True)
+    b = torch.load(root / "split" / "last.pth", weights_only=True)
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for index, state in a["optimizer"]["state"].items():
+        for name, value in state.items():
+            assert torch.equal(value, b["optimizer"]["state"][index][name])
+    assert a["step"] == b["step"] and whole["final"] == split["final"] and whole["best"] == split["best"]
+    for name in ("losses_train.h5", "losses_valid.h5"):
+        with h5py.File(root / "whole" / name) as x, h5py.File(root / "split" / name) as y:
+            assert sorted(x) == sorted(y)
+            for key in x:
+                np.testing.assert_array_equal(x[key][:], y[key][:], err_msg=key)
+
+
+def test_refuses_to_start_over_an_existing_run(tiny_run):
+    opts, folder = tiny_run
+    train_main(opts, overrides={"epochs": 1}, verbose=False)
+    before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    with pytest.raises(Exception, match="already holds a different run.*--resume"):
+        train_main(opts, overrides={"epochs": 1, "learning_rate": 0.2}, verbose=False)
+    with pytest.raises(Exception, match="already holds this run"):
+        train_main(opts, overrides={"epochs": 1}, verbose=False)
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before
+
+
+def test_dry_run_writes_nothing(tiny_run, capsys):
+    opts, folder = tiny_run
+    result = train_main(opts, dry=True)
+    out = capsys.readouterr().err + capsys.readouterr().out
+    assert result["parameters"] == sum(p.numel() for p in
+                                       __import__("nenya.models", fromlist=["x"]).build_model(
+                                           "resnet18", nchannels=1, feat_dim=16).parameters())
+    assert not folder.exists()
