@@ -6,6 +6,7 @@ import tempfile
 import h5py
 import numpy as np
 
+from nenya.data.synthetic import write_hyperspectral_h5
 from nenya.errors import NenyaError
 
 PREFIX = "builtin:"
@@ -53,7 +54,7 @@ def _write_atomically(path, arrays, attrs):
         raise
 
 
-BUILTIN_DATASETS = {"digits": write_digits_h5}
+BUILTIN_DATASETS = {"digits": write_digits_h5, "hyperspectral": write_hyperspectral_h5}
 
 
 def resolve_builtin(images_file, data_folder):

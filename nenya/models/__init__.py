@@ -36,3 +36,4 @@ def build_model(name: str, **kwargs) -> nn.Module:
 
 # Importing a model module registers its builders; these imports must stay below the registry.
 from nenya.models import resnet_big  # noqa: E402,F401
+from nenya.models import mae_spectral  # noqa: E402,F401
