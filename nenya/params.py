@@ -86,6 +86,9 @@ def _coerce(option, value, source: str):
                 pass
         elif isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
             return list(value)
+    elif kind == "float_list":
+        if isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            return [float(v) for v in value]
     raise NenyaError(f"{where} must be {kind}, got {json.dumps(value)} ({type(value).__name__})")
 
 
@@ -114,19 +117,24 @@ def validate(values: dict, source: str = "options") -> Params:
         raise NenyaError(f"{source}: option 'ssl_method' is '{resolved['ssl_method']}'; "
                          f"allowed: {', '.join(sorted(METHODS))}{_did_you_mean(method, METHODS)}")
     resolved["ssl_method"] = method
-    for key in ("epochs", "batch_size_train", "batch_size_valid", "save_freq", "valid_freq", "print_freq", "nchannels"):
+    for key in ("epochs", "batch_size_train", "batch_size_valid", "save_freq", "valid_freq", "print_freq", "nchannels",
+                "accumulate_grad_batches"):
         if resolved[key] < 1:
             raise NenyaError(f"{source}: option '{key}' must be at least 1, got {resolved[key]}")
     crop = resolved["random_cropjitter"]
     if crop is not None and len(crop) not in (0, 2):
         raise NenyaError(f"{source}: option 'random_cropjitter' must be [crop, jitter], got {crop}")
+    for key, length in (("betas", 2), ("valid_range", 2), ("patch_size", 2), ("rgb_bands", 3)):
+        if resolved[key] is not None and len(resolved[key]) != length:
+            raise NenyaError(f"{source}: option '{key}' must hold {length} numbers, got {resolved[key]}")
     return Params(resolved)
 
 
 def default_model_name(opt: Params) -> str:
-    """Nenya's run name: method, model, rate, decay, batch, temperature and trial (+ _cosine, _warm)."""
+    """Nenya's run name: method, model, rate, decay, batch, temperature (SSL) and trial (+ _cosine, _warm)."""
+    temperature = f"_temp_{opt.temp}" if opt.ssl_method in ("simclr", "supcon") else ""
     name = (f"{opt.ssl_method}_{opt.ssl_model}_lr_{opt.learning_rate}_decay_{opt.weight_decay}"
-            f"_bsz_{opt.batch_size_train}_temp_{opt.temp}_trial_{opt.trial}")
+            f"_bsz_{opt.batch_size_train}{temperature}_trial_{opt.trial}")
     if opt.cosine:
         name += "_cosine"
     if opt.warm:
@@ -136,6 +144,8 @@ def default_model_name(opt: Params) -> str:
 
 def option_preprocess(opt: Params) -> Params:
     """Derive the values training needs (run name and folder, warm-up target, cosine floor), Nenya's way."""
+    if opt.blr is not None:
+        opt.learning_rate = opt.blr * opt.batch_size_train * opt.accumulate_grad_batches / 256
     if opt.batch_size_train > 256:
         opt.warm = True
     opt.lr_min = opt.learning_rate * opt.lr_decay_rate ** 3

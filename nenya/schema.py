@@ -4,6 +4,7 @@ from dataclasses import dataclass
 
 ALL = ("all",)
 SSL = ("simclr", "supcon")
+MAE = ("mae",)
 
 # Keys of the original Nenya opts files that training does not use: accepted with a warning.
 LEGACY_KEYS = {
@@ -54,7 +55,8 @@ OPTIONS = [
     # optimisation
     _o("optimizer", "str", "sgd", "optimizer; lars adapts per-layer rates for large-batch SimCLR",
        choices=("sgd", "adam", "adamw", "lars"), section="optimisation"),
-    _o("learning_rate", "float", 0.05, "base learning rate", section="optimisation"),
+    _o("learning_rate", "float", 0.05, "base learning rate (derived from blr when blr is set)",
+       section="optimisation"),
     _o("momentum", "float", 0.9, "SGD/LARS momentum", section="optimisation"),
     _o("weight_decay", "float", 1e-4, "weight decay (not applied to biases and norms with lars)", section="optimisation"),
     _o("cosine", "bool", False, "cosine learning-rate decay per epoch down to learning_rate * lr_decay_rate**3",
@@ -71,6 +73,16 @@ OPTIONS = [
        section="optimisation"),
     _o("lr_min", "float", None, "cosine floor, learning_rate * lr_decay_rate**3", nullable=True, derived=True,
        section="optimisation"),
+    _o("schedule", "str", "epoch",
+       "learning-rate schedule: Nenya's per-epoch cosine/step (+ warm), or per-iteration linear warm-up over "
+       "warm_epochs then cosine to lr_min (MAE)", choices=("epoch", "iter_cosine"), section="optimisation"),
+    _o("blr", "float", None, "base rate: when set, learning_rate = blr * effective batch / 256", nullable=True,
+       section="optimisation"),
+    _o("betas", "float_list", [0.9, 0.999], "Adam/AdamW betas", section="optimisation"),
+    _o("accumulate_grad_batches", "int", 1, "batches whose gradients add up before each optimizer step",
+       section="optimisation"),
+    _o("amp", "str", "none", "mixed precision on CUDA: bf16 autocast, or fp16 autocast with a gradient scaler "
+       "(ignored on the CPU)", choices=("none", "bf16", "fp16"), section="optimisation"),
     _o("epochs", "int", 100, "number of training epochs", section="optimisation"),
     _o("batch_size_train", "int", 64, "training batch size (per process)", section="optimisation"),
     _o("batch_size_valid", "int", 64, "validation batch size", section="optimisation"),
@@ -82,6 +94,18 @@ OPTIONS = [
        section="data"),
     _o("preload", "bool", False, "read the whole image datasets into memory at start", section="data"),
     _o("num_workers", "int", 0, "DataLoader worker processes", section="data"),
+    _o("overfit_batches", "int", 0, "debug: train and validate on the first N training batches only (0 = off)",
+       section="data"),
+    _o("data_csv", "str", None, "CSV of per-cube HDF5 files (column path, optional split); replaces images_file",
+       MAE, nullable=True, section="data"),
+    _o("csv_key", "str", "cube", "HDF5 dataset holding the cube in each file of data_csv", MAE, section="data"),
+    _o("train_split", "str", "train", "data_csv split value of training cubes", MAE, section="data"),
+    _o("valid_split", "str", "valid", "data_csv split value of validation cubes (null: no validation)", MAE,
+       nullable=True, section="data"),
+    _o("normalize_bands", "bool", False, "per-band (x - mean) / std with statistics from band_stats", MAE,
+       section="data"),
+    _o("band_stats", "str", None, "JSON/NPZ file of per-band mean and std; computed once on the training data "
+       "and cached there when absent (default: beside the data)", MAE, nullable=True, section="data"),
     _o("random_cropjitter", "int_list", None, "[crop, jitter]: random crop around the centre, resized back",
        nullable=True, section="augmentation"),
     _o("flip", "bool", False, "random horizontal and vertical flips", section="augmentation"),
@@ -89,6 +113,35 @@ OPTIONS = [
     _o("gauss_noise", "float", 0.0, "standard deviation of added Gaussian noise (0 = off)", section="augmentation"),
     _o("demean", "bool", False, "subtract each image's mean (also at validation and for latents)",
        section="augmentation"),
+    _o("cube_flip", "bool", False, "random horizontal and vertical flips of cubes", MAE, section="augmentation"),
+    _o("cube_rot90", "bool", False, "random 90-degree rotations of cubes", MAE, section="augmentation"),
+    _o("cube_crop", "int", None, "random square crop of this size (also the model's image size)", MAE,
+       nullable=True, section="augmentation"),
+    # masked autoencoding
+    _o("img_size", "int", None, "image size the MAE is built for (default: the data's, or cube_crop)", MAE,
+       nullable=True, section="mae"),
+    _o("patch_size", "int_list", [25, 5], "[spatial, spectral] patch: pixels per side, bands per patch", MAE,
+       section="mae"),
+    _o("mask_ratio", "float", 0.8, "fraction of patches hidden from the encoder", MAE, section="mae"),
+    _o("decoder_embed_dim", "int", None, "decoder width (default: the size's)", MAE, nullable=True, section="mae"),
+    _o("decoder_depth", "int", None, "decoder layers (default: 8)", MAE, nullable=True, section="mae"),
+    _o("decoder_num_heads", "int", None, "decoder heads (default: the size's)", MAE, nullable=True, section="mae"),
+    _o("grad_checkpointing", "bool", False, "recompute transformer blocks in backward to save memory", MAE,
+       section="mae"),
+    _o("norm_pix_loss", "bool", False, "MSE against per-patch normalised targets", MAE, section="mae"),
+    _o("loss_masked_only", "bool", True, "reconstruction loss on masked patches only (false: every patch)", MAE,
+       section="mae"),
+    _o("mse_weight", "float", 1.0, "weight of the reconstruction MSE", MAE, section="mae"),
+    _o("sam_weight", "float", 0.1, "weight of the spectral angle mapper term", MAE, section="mae"),
+    _o("variance_weight", "float", 0.01, "weight of the spectral-variance term", MAE, section="mae"),
+    _o("range_weight", "float", 0.001, "weight of the out-of-range penalty", MAE, section="mae"),
+    _o("valid_range", "float_list", [0.0, 1.0], "[low, high] valid values of reconstructions (null: no penalty)",
+       MAE, nullable=True, section="mae"),
+    _o("data_range", "float", 1.0, "data range of PSNR and SSIM", MAE, section="mae"),
+    _o("rgb_bands", "int_list", None, "three band indices for RGB composites (default: evenly spaced)", MAE,
+       nullable=True, section="mae"),
+    _o("figure_samples", "int", 2, "validation cubes drawn in the figures", MAE, section="mae"),
+    _o("dpi", "int", 100, "resolution of PNG figures", section="monitoring"),
     # monitoring
     _o("valid_freq", "int", 1, "validate every this many epochs (and after the last)", section="monitoring"),
     _o("save_freq", "int", 10, "write ckpt_epoch_N.pth every this many epochs", section="monitoring"),

@@ -16,8 +16,8 @@ from nenya.methods import get_method
 from nenya.params import get_options, run_dir
 from nenya.plots import training_plots
 from nenya.run_folder import check_run_folder, open_log, write_options
-from nenya.train_util import (adjust_learning_rate, nenya_loader, select_device, set_model, set_optimizer,
-                              train_model, validate)
+from nenya.train_util import (adjust_learning_rate, make_scaler, nenya_loader, select_device, set_model,
+                              set_optimizer, train_model, validate)
 from nenya.methods.contrastive import unwrap
 
 HIGHER_IS_BETTER = ("acc", "dice", "iou", "psnr", "ssim", "f1", "auc")
@@ -65,10 +65,11 @@ def dry_run(opt, model, train_loader, log) -> dict:
     return {"parameters": parameters}
 
 
-def checkpoint_state(model, optimizer, epoch, step, opt, best, init_metrics) -> dict:
+def checkpoint_state(model, optimizer, scaler, epoch, step, opt, best, init_metrics) -> dict:
     """Everything a resumed run needs, as tensors and plain values."""
     return {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "scheduler": {},
-            "scaler": None, "ema": None, "epoch": epoch, "step": step, "best": best,
+            "scaler": scaler.state_dict() if scaler.is_enabled() else None, "ema": None, "epoch": epoch,
+            "step": step, "best": best,
             "init_metrics": init_metrics, "rng": rng_state(), "opts": opt.to_dict()}
 
 
@@ -94,10 +95,15 @@ def main(opts_path: str, overrides: dict | None = None, debug: bool = False, res
         torch.use_deterministic_algorithms(True)
     method = get_method(opt)
     train_set, valid_set = method.build_datasets()
+    if opt.overfit_batches:
+        train_set = torch.utils.data.Subset(train_set, range(min(len(train_set),
+                                                                 opt.overfit_batches * opt.batch_size_train)))
+        valid_set = train_set
     model = method.build_model()
     device = select_device(opt)
     model = set_model(model, device)
     optimizer = set_optimizer(opt, model)
+    scaler = make_scaler(opt, device)
     train_loader = nenya_loader(train_set, opt.batch_size_train, True, opt.num_workers, drop_last=True)
     valid_loader = nenya_loader(valid_set, opt.batch_size_valid, False, opt.num_workers) if valid_set else None
     if dry:
@@ -119,6 +125,8 @@ def main(opts_path: str, overrides: dict | None = None, debug: bool = False, res
         except (ValueError, KeyError) as err:
             raise NenyaError(f"checkpoint {path}: its optimizer state does not fit optimizer "
                              f"'{opt.optimizer}' ({err})") from None
+        if state.get("scaler") and scaler.is_enabled():
+            scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
         start_epoch, step, best, init_metrics = state["epoch"] + 1, state["step"], state["best"], state["init_metrics"]
         for path in (train_h5, valid_h5):
@@ -131,7 +139,7 @@ def main(opts_path: str, overrides: dict | None = None, debug: bool = False, res
         f"({sum(p.numel() for p in model.parameters()):,} parameters) into {folder}")
 
     if start_epoch == 1 and valid_loader is not None:
-        init_metrics = validate(valid_loader, model, method, device)["metrics"]
+        init_metrics = validate(valid_loader, model, method, device, opt)["metrics"]
         curves.append_epoch(valid_h5, 0, {f"{k}_valid": v for k, v in init_metrics.items()})
         log("at initialisation: " + ", ".join(f"{k} {v:.4f}" for k, v in init_metrics.items()))
 
@@ -142,7 +150,8 @@ def main(opts_path: str, overrides: dict | None = None, debug: bool = False, res
             seed_everything(seed)
             train_loader.generator.manual_seed(seed)
             adjust_learning_rate(opt, optimizer, epoch)
-            result = train_model(train_loader, model, method, optimizer, epoch, opt, device, log, writer, step)
+            result = train_model(train_loader, model, method, optimizer, epoch, opt, device, log, writer, step,
+                                 scaler)
             step += result["steps"]
             lr = optimizer.param_groups[0]["lr"]
             last_train_loss = result["loss"]
@@ -156,7 +165,7 @@ def main(opts_path: str, overrides: dict | None = None, debug: bool = False, res
 
             improved = False
             if valid_loader is not None and (epoch % opt.valid_freq == 0 or epoch == opt.epochs):
-                valid = validate(valid_loader, model, method, device)
+                valid = validate(valid_loader, model, method, device, opt)
                 last_valid = valid["metrics"]
                 curves.append_epoch(valid_h5, epoch, {f"{k}_valid": v for k, v in last_valid.items()},
                                     {"loss_step_valid": valid["loss_step"], "loss_avg_valid": valid["loss_avg"]})
@@ -170,7 +179,7 @@ def main(opts_path: str, overrides: dict | None = None, debug: bool = False, res
             elif valid_loader is None and is_better(result["loss"], best["value"], "min"):
                 best, improved = {"metric": "loss_train", "value": result["loss"], "epoch": epoch}, True
 
-            state = checkpoint_state(model, optimizer, epoch, step, opt, best, init_metrics)
+            state = checkpoint_state(model, optimizer, scaler, epoch, step, opt, best, init_metrics)
             save_checkpoint(os.path.join(folder, "last.pth"), state)
             if improved:
                 save_checkpoint(os.path.join(folder, "best.pth"), state)

@@ -46,9 +46,31 @@ def set_learning_rate(optimizer, lr: float) -> None:
 
 def adjust_learning_rate(opt, optimizer, epoch: int) -> float:
     """Apply the per-epoch schedule (epochs count from 1) and return the rate."""
+    if opt.schedule == "iter_cosine":
+        lr = iteration_learning_rate(opt, epoch, 0, 1)
+        set_learning_rate(optimizer, lr)
+        return lr
     lr = epoch_learning_rate(opt, epoch)
     set_learning_rate(optimizer, lr)
     return lr
+
+
+def iteration_learning_rate(opt, epoch: int, batch_id: int, total_batches: int) -> float:
+    """Per-iteration schedule: linear warm-up from 0 over warm_epochs, then half-cosine to lr_min."""
+    progress = epoch - 1 + batch_id / total_batches
+    if progress < opt.warm_epochs:
+        return opt.learning_rate * progress / opt.warm_epochs
+    span = max(opt.epochs - opt.warm_epochs, 1e-12)
+    fraction = min((progress - opt.warm_epochs) / span, 1.0)
+    return opt.lr_min + (opt.learning_rate - opt.lr_min) * 0.5 * (1 + math.cos(math.pi * fraction))
+
+
+def step_learning_rate(opt, epoch: int, batch_id: int, total_batches: int, optimizer) -> None:
+    """Set the rate of this step: per-iteration schedule, or Nenya's warm-up on top of the per-epoch rate."""
+    if opt.schedule == "iter_cosine":
+        set_learning_rate(optimizer, iteration_learning_rate(opt, epoch, batch_id, total_batches))
+    else:
+        warmup_learning_rate(opt, epoch, batch_id, total_batches, optimizer)
 
 
 def warmup_learning_rate(opt, epoch: int, batch_id: int, total_batches: int, optimizer) -> float | None:
@@ -77,11 +99,12 @@ def set_model(model: nn.Module, device: torch.device) -> nn.Module:
 
 
 def split_decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Parameter groups: weights with decay; biases and norm parameters (1-D) without decay or LARS adaptation."""
+    """Parameter groups: weights with decay; biases, norms (1-D) and the model's ``no_weight_decay()`` without."""
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
     decay, no_decay = [], []
-    for param in model.parameters():
+    for name, param in model.named_parameters():
         if param.requires_grad:
-            (no_decay if param.ndim <= 1 else decay).append(param)
+            (no_decay if param.ndim <= 1 or name in skip else decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay},
             {"params": no_decay, "weight_decay": 0.0, "lars_exclude": True}]
 
@@ -91,13 +114,14 @@ def set_optimizer(opt, model: nn.Module) -> torch.optim.Optimizer:
     lr, wd = opt.learning_rate, opt.weight_decay
     if opt.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=lr, momentum=opt.momentum, weight_decay=wd)
+    fused = {"fused": True} if next(model.parameters()).is_cuda else {}
     if opt.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=wd)
+        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=wd, betas=tuple(opt.betas), **fused)
     groups = split_decay_groups(model, wd)
     if opt.optimizer == "adamw":
         for group in groups:
             group.pop("lars_exclude", None)
-        return torch.optim.AdamW(groups, lr=lr)
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(opt.betas), **fused)
     return LARS(groups, lr=lr, momentum=opt.momentum, weight_decay=wd)
 
 
@@ -121,10 +145,25 @@ def to_device(batch, device: torch.device):
     return batch
 
 
+def autocast_dtype(opt, device: torch.device):
+    """The autocast dtype of ``opt.amp`` on CUDA; None (full precision) otherwise."""
+    if device.type != "cuda":
+        return None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(opt.amp)
+
+
+def make_scaler(opt, device: torch.device) -> torch.amp.GradScaler:
+    """A gradient scaler, enabled only for fp16 autocast on CUDA."""
+    return torch.amp.GradScaler("cuda", enabled=autocast_dtype(opt, device) == torch.float16)
+
+
 def train_model(train_loader, model, method, optimizer, epoch: int, opt, device, log=None, writer=None,
-                first_step: int = 0) -> dict:
+                first_step: int = 0, scaler=None) -> dict:
     """Train one epoch; return the mean loss, the per-step and running-mean losses and the mean of extra scalars."""
     model.train()
+    scaler = scaler or make_scaler(opt, device)
+    amp_dtype = autocast_dtype(opt, device)
+    accumulate = opt.accumulate_grad_batches
     losses = AverageMeter()
     extras: dict[str, AverageMeter] = {}
     step_losses = []
@@ -133,11 +172,14 @@ def train_model(train_loader, model, method, optimizer, epoch: int, opt, device,
     progress = tqdm(train_loader, desc=f"epoch {epoch}/{opt.epochs}", leave=False, disable=None)
     for batch_id, batch in enumerate(progress):
         batch = to_device(batch, device)
-        warmup_learning_rate(opt, epoch, batch_id, total, optimizer)
-        loss, scalars = method.loss(model, batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        step_learning_rate(opt, epoch, batch_id, total, optimizer)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            loss, scalars = method.loss(model, batch)
+        scaler.scale(loss / accumulate if accumulate > 1 else loss).backward()
+        if (batch_id + 1) % accumulate == 0 or batch_id + 1 == total:
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
         step_losses.append(loss.detach())
         for name, value in scalars.items():
             extras.setdefault(name, AverageMeter()).update(float(value))
@@ -157,13 +199,15 @@ def train_model(train_loader, model, method, optimizer, epoch: int, opt, device,
 
 
 @torch.no_grad()
-def validate(valid_loader, model, method, device) -> dict:
+def validate(valid_loader, model, method, device, opt=None) -> dict:
     """Validation in eval mode under no_grad: mean loss, per-step losses, and the method's metrics."""
     model.eval()
     step_losses = []
     extras: dict[str, AverageMeter] = {}
+    amp_dtype = autocast_dtype(opt, device) if opt is not None else None
     for batch in tqdm(valid_loader, desc="valid", leave=False, disable=None) if valid_loader else []:
-        loss, scalars = method.loss(model, to_device(batch, device))
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            loss, scalars = method.loss(model, to_device(batch, device))
         step_losses.append(loss.item())
         for name, value in scalars.items():
             extras.setdefault(name, AverageMeter()).update(float(value))

@@ -1,0 +1,33 @@
+"""The README's demo command, end to end, exactly as a user runs it (slow: about a minute on 2 cores)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN_FILES = ["opts.json", "last.pth", "best.pth", "ckpt_epoch_10.pth", "losses_train.h5", "losses_valid.h5",
+             "training.log", "training_plots.png", "metrics.json", "figures/augmentations.png"]
+
+
+@pytest.mark.slow
+def test_demo_simclr_trains_on_builtin_digits(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "nenya.train", str(ROOT / "opts/demo_simclr.json"),
+                           f"model_root={tmp_path / 'models'}", f"data_folder={tmp_path / 'data'}"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    opts = json.loads((ROOT / "opts/demo_simclr.json").read_text())
+    folder = tmp_path / "models" / opts["model_name"]
+    for name in RUN_FILES:
+        assert (folder / name).exists(), name
+    assert any((folder / "tb").iterdir())
+    assert (folder / "figures" / f"embedding_epoch{opts['epochs']}.png").exists()
+    with h5py.File(folder / "losses_train.h5") as handle:
+        losses = handle["loss_train"][:]
+    assert len(losses) == opts["epochs"] and losses[-1] < 0.8 * losses[0]
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["epochs_completed"] == opts["epochs"]
+    assert 0.5 < metrics["final"]["knn_acc"] <= 1.0 and 0.0 < metrics["init"]["knn_acc"] <= 1.0
