@@ -134,6 +134,11 @@ def nenya_loader(dataset, batch_size: int, shuffle: bool, num_workers: int, drop
                       persistent_workers=False, generator=torch.Generator())
 
 
+def as_float(value) -> float:
+    """A Python float of a number or a (possibly grad-tracking) one-element tensor."""
+    return value.detach().item() if isinstance(value, torch.Tensor) else float(value)
+
+
 def to_device(batch, device: torch.device):
     """Move every tensor in a (nested) tuple, list or dict to ``device``."""
     if isinstance(batch, torch.Tensor):
@@ -182,7 +187,7 @@ def train_model(train_loader, model, method, optimizer, epoch: int, opt, device,
             optimizer.zero_grad(set_to_none=True)
         step_losses.append(loss.detach())
         for name, value in scalars.items():
-            extras.setdefault(name, AverageMeter()).update(float(value))
+            extras.setdefault(name, AverageMeter()).update(as_float(value))
         if (batch_id + 1) % opt.print_freq == 0 or batch_id + 1 == total:
             value = loss.item()
             progress.set_postfix(loss=f"{value:.4f}")
@@ -210,7 +215,7 @@ def validate(valid_loader, model, method, device, opt=None) -> dict:
             loss, scalars = method.loss(model, to_device(batch, device))
         step_losses.append(loss.item())
         for name, value in scalars.items():
-            extras.setdefault(name, AverageMeter()).update(float(value))
+            extras.setdefault(name, AverageMeter()).update(as_float(value))
     steps = np.asarray(step_losses, dtype=np.float64)
     metrics = {name: meter.avg for name, meter in extras.items()}
     if steps.size:

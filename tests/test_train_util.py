@@ -85,3 +85,47 @@ def test_curves_append_and_truncate(tmp_path):
     curves.truncate_after(path, 1)
     data = curves.read_curves(path)
     assert list(data["epoch"]) == [1] and list(data["loss_step_train"]) == [1, 1.5]
+
+
+def test_iteration_cosine_by_hand():
+    opt = _opt(schedule="iter_cosine", learning_rate=1.0, lr_decay_rate=0.1, warm_epochs=2, epochs=6)
+    from nenya.train_util import iteration_learning_rate
+    assert iteration_learning_rate(opt, 1, 0, 10) == 0.0
+    assert iteration_learning_rate(opt, 2, 5, 10) == pytest.approx(0.75)  # 1.5 of 2 warm-up epochs
+    # epoch 4 batch 0 = 3 epochs in: 1 of 4 cosine epochs -> 1e-3 + (1 - 1e-3) * (1 + cos(pi/4)) / 2
+    assert iteration_learning_rate(opt, 4, 0, 10) == pytest.approx(1e-3 + 0.999 * (1 + np.cos(np.pi / 4)) / 2)
+    assert iteration_learning_rate(opt, 7, 0, 10) == pytest.approx(1e-3)
+
+
+def test_blr_scales_by_effective_batch():
+    opt = _opt(blr=1.5e-4, batch_size_train=64, accumulate_grad_batches=4)
+    assert opt.learning_rate == pytest.approx(1.5e-4 * 256 / 256)
+
+
+class _RegressionMethod:
+    """A least-squares 'method' on a linear model: per-sample mean loss, no BatchNorm."""
+
+    def loss(self, model, batch):
+        inputs, targets = batch
+        return ((model(inputs) - targets) ** 2).mean(), {"abs": (model(inputs) - targets).abs().mean()}
+
+
+def _one_epoch(opt, batch_size, data):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from nenya.train_util import train_model
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    loader = DataLoader(TensorDataset(*data), batch_size=batch_size)
+    result = train_model(loader, model, _RegressionMethod(), optimizer, 1, opt, torch.device("cpu"))
+    return model, result
+
+
+def test_gradient_accumulation_equals_the_larger_batch():
+    data = torch.randn(32, 3), torch.randn(32, 1)
+    big, _ = _one_epoch(_opt(epochs=1), 16, data)
+    accumulated, result = _one_epoch(_opt(epochs=1, accumulate_grad_batches=2), 8, data)
+    for a, b in zip(big.parameters(), accumulated.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert result["steps"] == 4 and "abs" in result["extras"]
