@@ -13,6 +13,16 @@ from nenya.errors import NenyaError
 _MISSING_CHANNEL = {3: True, 4: False, 5: False}
 
 
+def checked_index(index, count: int, what: str) -> int:
+    """A non-negative index below ``count`` (negative ones count from the end); IndexError otherwise."""
+    index = int(index)
+    if index < 0:
+        index += count
+    if not 0 <= index < count:
+        raise IndexError(f"index {index} out of range for {count} {what}")
+    return index
+
+
 class HDF5Images(Dataset):
     """Images `key` (N, C, H, W), (N, H, W) or (N, C, D, H, W) with optional labels `key_labels` (N,)."""
 
@@ -82,12 +92,7 @@ class HDF5Images(Dataset):
         return self.stored_shape[0]
 
     def __getitem__(self, index):
-        index = int(index)
-        n = len(self)
-        if index < 0:
-            index += n
-        if not 0 <= index < n:
-            raise IndexError(f"index {index} out of range for {n} images")
+        index = checked_index(index, len(self), "images")
         source = self._images if self._images is not None else self._handle()[self.key]
         image = torch.tensor(source[index], dtype=torch.float32)
         if self._add_channel:

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from nenya.data.hdf5 import _dataset_names
+from nenya.data.hdf5 import _dataset_names, checked_index
 from nenya.errors import NenyaError
 
 
@@ -42,12 +42,7 @@ class CubeCSV(Dataset):
         return len(self.files)
 
     def __getitem__(self, index):
-        index = int(index)
-        n = len(self)
-        if index < 0:
-            index += n
-        if not 0 <= index < n:
-            raise IndexError(f"index {index} out of range for {n} cubes")
+        index = checked_index(index, len(self), "cubes")
         path = self.files[index]
         with _open(path) as f:
             node = self._node(f, path, bands=self.stored_shape[1])
