@@ -18,8 +18,12 @@ def training_plots(folder: str, dpi: int = 100) -> str:
     metric_names = sorted(name for name in valid if name.endswith("_valid") and name not in
                           ("loss_valid", "loss_step_valid", "loss_avg_valid"))
     panels = 3 + len(metric_names)
-    fig, axes = plt.subplots(1, panels, figsize=(4.2 * panels, 3.6), squeeze=False)
-    axes = axes[0]
+    columns = min(panels, 4)
+    rows = -(-panels // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.4 * rows), squeeze=False)
+    axes = axes.ravel()
+    for axis in axes[panels:]:
+        axis.set_visible(False)
     axes[0].plot(train["loss_step_train"], lw=0.6, alpha=0.5, label="step")
     axes[0].plot(train["loss_avg_train"], lw=1.2, label="running mean")
     axes[0].set(title="training loss per step", xlabel="step", ylabel="loss")

@@ -2,8 +2,9 @@
 
 from nenya.methods.base import Method
 from nenya.methods.contrastive import SimCLR, SupCon
+from nenya.methods.mae import MAE
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (SimCLR, SupCon)}
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (SimCLR, SupCon, MAE)}
 
 
 def get_method(opt) -> Method:

@@ -1,0 +1,91 @@
+"""Metrics of a trained run on a data set: ``python -m nenya.evaluate RUN_DIR [--data FILE] [--key KEY]``.
+
+Writes ``eval_metrics.json`` (the metrics, and which run, data, key and checkpoint) and the method's
+figures into ``--out`` (default ``RUN_DIR/eval``); an existing ``eval_metrics.json`` is kept unless
+``--overwrite`` is given.
+"""
+
+import json
+import os
+import sys
+
+import torch
+
+from nenya.cli import run_cli
+from nenya.errors import NenyaError
+from nenya.runs import load_run
+from nenya.train import seed_everything
+from nenya.train_util import select_device
+
+METRICS_FILE = "eval_metrics.json"
+
+
+def checkpoint_file(folder: str, checkpoint: str) -> str:
+    """The checkpoint file ``load_run`` reads for ``checkpoint`` ('best' falls back to last.pth)."""
+    name = checkpoint if checkpoint.endswith(".pth") else f"{checkpoint}.pth"
+    path = os.path.join(folder, name)
+    if checkpoint == "best" and not os.path.isfile(path):
+        path = os.path.join(folder, "last.pth")
+    return path
+
+
+def _describe(dataset, data, key):
+    """(data file, key or split) of the data set that was evaluated, for the record."""
+    path = getattr(dataset, "path", data)
+    if hasattr(dataset, "split"):  # cubes listed in a CSV: the split names them
+        return path, dataset.split
+    return path, getattr(dataset, "key", key)
+
+
+def evaluate_run(folder: str, data: str | None = None, key: str | None = None, checkpoint: str = "best",
+                 out: str | None = None, overwrite: bool = False) -> dict:
+    """Evaluate a run's checkpoint on ``data``/``key`` (default: its own validation data); return the record."""
+    out = out if out is not None else os.path.join(folder, "eval")
+    metrics_path = os.path.join(out, METRICS_FILE)
+    if os.path.exists(metrics_path) and not overwrite:
+        raise NenyaError(f"{metrics_path} already exists; choose another --out folder or pass --overwrite")
+    if data is not None and not os.path.isfile(data):
+        raise NenyaError(f"data file {data} does not exist (--data)")
+    opt, method, model = load_run(folder, checkpoint)
+    device = select_device(opt)
+    model = model.to(device)
+    dataset = method.eval_dataset(data, key)
+    seed_everything(opt.seed)
+    os.makedirs(out, exist_ok=True)
+    metrics = method.evaluate(model, dataset, device, out)
+    data_path, data_key = _describe(dataset, data, key)
+    record = {"metrics": metrics, "run": os.path.abspath(folder), "method": opt.ssl_method,
+              "data": os.path.abspath(data_path) if data_path else None, "key": data_key,
+              "checkpoint": checkpoint, "checkpoint_file": os.path.abspath(checkpoint_file(folder, checkpoint)),
+              "items": len(dataset)}
+    temporary = f"{metrics_path}.tmp"
+    with open(temporary, "w") as handle:
+        json.dump(record, handle, indent=2)
+    os.replace(temporary, metrics_path)
+    return record
+
+
+def cli(argv=None) -> int:
+    """Command-line entry point of nenya.evaluate."""
+    def add_arguments(parser):
+        parser.add_argument("run", help="run folder (model_root/model_name)")
+        parser.add_argument("--data", help="HDF5 file in Nenya's layout (default: the run's own data)")
+        parser.add_argument("--key", help="dataset in the data file (default: the run's valid_key; with the "
+                                          "run's own data_csv, the split, default valid_split)")
+        parser.add_argument("--checkpoint", default="best", help="best, last or a .pth file in the run folder")
+        parser.add_argument("--out", help="folder for eval_metrics.json and figures (default: RUN_DIR/eval)")
+        parser.add_argument("--overwrite", action="store_true", help="replace an existing eval_metrics.json")
+
+    def run(args):
+        with torch.no_grad():
+            record = evaluate_run(args.run, args.data, args.key, args.checkpoint, args.out, args.overwrite)
+        for name, value in record["metrics"].items():
+            print(f"{name} {value:.6g}")
+        out = args.out if args.out is not None else os.path.join(args.run, "eval")
+        print(f"wrote {os.path.join(out, METRICS_FILE)}")
+
+    return run_cli("nenya.evaluate", __doc__, add_arguments, run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
