@@ -21,7 +21,7 @@ setup(
         "tensorboard",
     ],
     extras_require={
-        "dev": ["pytest", "sphinx"],
+        "dev": ["pytest", "sphinx", "scikit-image"],
         "docs": ["sphinx"],
     },
 )

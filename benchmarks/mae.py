@@ -25,6 +25,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from nenya.losses_mae import MAESpectralLoss
 from nenya.models import build_model
+from nenya.params import option_preprocess, validate
+from nenya.train_util import set_optimizer
 
 GPU_CONFIGS = ("fp32 eager, AdamW foreach", "bf16 autocast + SDPA, AdamW fused",
                "bf16 autocast + SDPA, AdamW fused + torch.compile")
@@ -61,7 +63,9 @@ def run_cpu(args) -> None:
     torch.manual_seed(0)
     model = make_model(args, args.model, args.img_size, args.patch, args.mask_ratio).train()
     criterion = MAESpectralLoss(band_patch=args.patch[1])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1.5e-4, weight_decay=0.05)
+    opt = option_preprocess(validate({"ssl_method": "mae", "optimizer": "adamw", "learning_rate": 1.5e-4,
+                                      "weight_decay": 0.05, "betas": [0.9, 0.95]}))
+    optimizer = set_optimizer(opt, model)  # as training builds it: no decay on biases/norms, fused
     imgs = torch.rand(args.batch, args.bands, args.img_size, args.img_size)
     ratios = {"masked": args.mask_ratio, "full": 0.0}
 

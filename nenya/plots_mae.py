@@ -40,19 +40,21 @@ def rgb_composite(cube: np.ndarray, rgb_bands, lo, hi, voxel_mask: np.ndarray | 
 
 def reconstruction_grid(originals, masks, reconstructions, rgb_bands, path: str, title: str = "",
                         dpi: int = 100) -> str:
-    """One row per cube: original, masked input and reconstruction as RGB composites.
+    """One row per cube: original, masked input, reconstruction, and reconstruction with the visible voxels pasted.
 
     ``originals``, ``masks`` and ``reconstructions`` are sequences of [C, H, W] arrays; every panel of a
     row is scaled by the 2nd and 98th percentiles of that row's original, per channel.
     """
     rows = len(originals)
-    fig, axes = plt.subplots(rows, 3, figsize=(7.5, 2.7 * rows + 0.6), squeeze=False)
+    fig, axes = plt.subplots(rows, 4, figsize=(10, 2.7 * rows + 0.6), squeeze=False)
     for row, (original, mask, reconstruction) in enumerate(zip(originals, masks, reconstructions)):
         lo, hi = percentile_limits(original, rgb_bands)
         hidden = float(np.mean(mask)) if mask is not None else 0.0
         panels = ((rgb_composite(original, rgb_bands, lo, hi), "original"),
                   (rgb_composite(original, rgb_bands, lo, hi, mask), f"masked input ({hidden:.0%} hidden: grey)"),
-                  (rgb_composite(reconstruction, rgb_bands, lo, hi), "reconstruction"))
+                  (rgb_composite(reconstruction, rgb_bands, lo, hi), "reconstruction"),
+                  (rgb_composite(np.where(mask, reconstruction, original) if mask is not None else reconstruction,
+                                 rgb_bands, lo, hi), "reconstruction + visible"))
         for column, (image, name) in enumerate(panels):
             axes[row, column].imshow(image, interpolation="nearest")
             axes[row, column].set_axis_off()
