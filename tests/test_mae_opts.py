@@ -30,16 +30,16 @@ def retina_csv(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("size", list(MAE_SIZES))
-def test_mae_opts_file_dry_runs_at_full_size(size, retina_csv, tmp_path):
-    opts = ROOT / "opts" / f"mae_{size}.json"
+@pytest.mark.parametrize("name", list(MAE_SIZES))
+def test_mae_opts_file_dry_runs_at_full_size(name, retina_csv, tmp_path):
+    opts = ROOT / "opts" / f"{name}.json"
     values = json.loads(opts.read_text())
     assert (values["img_size"], values["patch_size"], values["mask_ratio"], values["nchannels"]) == \
         (500, [25, 5], 0.8, 30)
     result = train_main(str(opts), overrides={"data_csv": str(retina_csv), "data_folder": "/",
                                               "model_root": str(tmp_path), "num_workers": 0}, dry=True,
                         verbose=False)
-    assert result["parameters"] == mae_parameter_count(f"mae_{size}", img_size=500, bands=30, patch_size=25,
+    assert result["parameters"] == mae_parameter_count(name, img_size=500, bands=30, patch_size=25,
                                                        band_patch=5)
     assert not any(tmp_path.iterdir())
 
