@@ -5,6 +5,21 @@ import json
 import h5py
 import numpy as np
 import pytest
+import torch
+
+import nenya.train as train_module
+from nenya.train import cli as train_cli
+from nenya.train import main as train_main
+
+# The opts file of the original Nenya project quoted in the core issue (keys training does not use included).
+NENYA_OPTS = {"ssl_method": "SimCLR", "ssl_model": "resnet18", "nchannels": 1, "learning_rate": 0.05,
+              "lr_decay_epochs": "700,800,900", "lr_decay_rate": 0.1, "batch_size_train": 64,
+              "batch_size_valid": 64, "epochs": 200, "feat_dim": 128, "temp": 0.07, "weight_decay": 1e-4,
+              "momentum": 0.9, "cosine": True, "warm": False, "syncBN": False, "trial": 0, "print_freq": 20,
+              "num_workers": 4, "random_cropjitter": [40, 5], "rotate": True, "flip": True, "demean": True,
+              "gauss_noise": 0.0, "model_root": "models/v5", "data_folder": "./", "images_file": "cutouts.h5",
+              "train_key": "train", "valid_key": "valid", "save_freq": 10, "valid_freq": 5,
+              "nenya_data": True, "cuda_use": True, "sensor": "MODIS"}
 
 
 def write_images_h5(path, n_train=48, n_valid=24, channels=1, size=8, labels=True, seed=0):
@@ -34,3 +49,49 @@ def tiny_run(tmp_path):
                       learning_rate=0.05, cosine=True, random_cropjitter=[6, 1], flip=True, gauss_noise=0.05,
                       save_freq=2, valid_freq=1, print_freq=1, knn_k=3)
     return opts, tmp_path / "models" / "tiny"
+
+
+def fails_with(capsys, argv, *expected, cli=train_cli):
+    """Run a CLI; assert exit 2 and one ``nenya: error:`` line containing every ``expected`` text."""
+    assert cli(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    errors = [line for line in err if line.startswith("nenya: error:")]
+    assert len(errors) == 1 and "Traceback" not in "\n".join(err), err
+    for text in expected:
+        assert text in errors[0], (text, errors[0])
+    return errors[0]
+
+
+def interrupt_at(monkeypatch, stop_epoch):
+    """Make the loop raise KeyboardInterrupt when it starts ``stop_epoch``."""
+    real = train_module.train_model
+
+    def interrupted(loader, model, method, optimizer, epoch, *args, **kwargs):
+        if epoch == stop_epoch:
+            raise KeyboardInterrupt
+        return real(loader, model, method, optimizer, epoch, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_model", interrupted)
+
+
+def assert_resume_is_bit_exact(opts, root, monkeypatch, stop_epoch, **overrides):
+    """Train whole; train again interrupted at ``stop_epoch`` and resumed; assert identical results."""
+    whole = train_main(opts, overrides={"model_name": "whole", **overrides}, verbose=False)
+    interrupt_at(monkeypatch, stop_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train_main(opts, overrides={"model_name": "split", **overrides}, verbose=False)
+    monkeypatch.undo()
+    split = train_main(opts, overrides={"model_name": "split", **overrides}, resume=True, verbose=False)
+    a = torch.load(root / "whole" / "last.pth", weights_only=True)
+    b = torch.load(root / "split" / "last.pth", weights_only=True)
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for index, state in a["optimizer"]["state"].items():
+        for name, value in state.items():
+            assert torch.equal(value, b["optimizer"]["state"][index][name])
+    assert a["step"] == b["step"] and whole["final"] == split["final"] and whole["best"] == split["best"]
+    for name in ("losses_train.h5", "losses_valid.h5"):
+        with h5py.File(root / "whole" / name) as x, h5py.File(root / "split" / name) as y:
+            assert sorted(x) == sorted(y)
+            for key in x:
+                np.testing.assert_array_equal(x[key][:], y[key][:], err_msg=key)

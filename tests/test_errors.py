@@ -5,83 +5,72 @@ import sys
 
 import h5py
 import numpy as np
-import pytest
 import torch
 
-from conftest import write_images_h5, write_opts
+from conftest import fails_with, write_images_h5, write_opts
 from nenya.latents import cli as latents_cli
 from nenya.train import cli as train_cli
 from nenya.train import main as train_main
 
 
-def _fails(capsys, argv, *expected, cli=train_cli):
-    assert cli(argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    errors = [line for line in err if line.startswith("nenya: error:")]
-    assert len(errors) == 1 and "Traceback" not in "\n".join(err), err
-    for text in expected:
-        assert text in errors[0], (text, errors[0])
-    return errors[0]
-
-
 def test_invalid_json_line_and_column(tmp_path, capsys):
     path = tmp_path / "bad.json"
     path.write_text('{"epochs": 3,\n "cosine": tru}')
-    _fails(capsys, [str(path)], "bad.json is not valid JSON", "line 2 column")
+    fails_with(capsys, [str(path)], "bad.json is not valid JSON", "line 2 column")
 
 
 def test_unknown_key_with_did_you_mean(tiny_run, capsys):
     opts, _ = tiny_run
-    _fails(capsys, [opts, "batch_size_trian=8"], "unknown option 'batch_size_trian'", "did you mean 'batch_size_train'")
+    fails_with(capsys, [opts, "batch_size_trian=8"], "unknown option 'batch_size_trian'", "did you mean 'batch_size_train'")
 
 
 def test_wrong_type(tiny_run, capsys):
     opts, _ = tiny_run
-    _fails(capsys, [opts, "epochs=\"many\""], "option 'epochs' must be int", '"many"')
+    fails_with(capsys, [opts, "epochs=\"many\""], "option 'epochs' must be int", '"many"')
 
 
 def test_missing_images_file(tiny_run, capsys):
     opts, _ = tiny_run
-    _fails(capsys, [opts, "images_file=nothere.h5"], "nothere.h5 does not exist", "images_file")
-    _fails(capsys, [opts, "images_file=null"], "option 'images_file' is required")
+    fails_with(capsys, [opts, "images_file=nothere.h5"], "nothere.h5 does not exist", "images_file")
+    fails_with(capsys, [opts, "images_file=null"], "option 'images_file' is required")
 
 
 def test_train_key_missing_lists_the_keys(tiny_run, capsys):
     opts, _ = tiny_run
-    _fails(capsys, [opts, "train_key=trian"], "has no dataset 'trian' (train_key)",
+    fails_with(capsys, [opts, "train_key=trian"], "has no dataset 'trian' (train_key)",
            "it has: train, train_labels, valid, valid_labels")
 
 
 def test_nchannels_mismatch(tiny_run, capsys):
     opts, _ = tiny_run
-    _fails(capsys, [opts, "nchannels=3"], "nchannels=3", "1 channel")
+    fails_with(capsys, [opts, "nchannels=3"], "nchannels=3", "1 channel")
 
 
 def test_supcon_without_labels(tmp_path, capsys):
     write_images_h5(tmp_path / "nolabels.h5", labels=False)
     opts = write_opts(tmp_path / "o.json", ssl_method="SupCon", images_file="nolabels.h5",
                       data_folder=str(tmp_path), model_root=str(tmp_path / "m"))
-    _fails(capsys, [opts], "supcon needs labels", "train_labels")
+    fails_with(capsys, [opts], "supcon needs labels", "train_labels")
 
 
 def test_existing_run_is_refused_and_kept(tiny_run, capsys):
     opts, folder = tiny_run
     train_main(opts, overrides={"epochs": 1}, verbose=False)
     before = (folder / "last.pth").read_bytes(), (folder / "opts.json").read_bytes()
-    _fails(capsys, [opts, "epochs=1", "temp=0.5"], "already holds a different run", "--resume", "nothing was changed")
+    fails_with(capsys, [opts, "epochs=1", "temp=0.5"], "already holds a different run", "--resume", "nothing was changed")
     assert ((folder / "last.pth").read_bytes(), (folder / "opts.json").read_bytes()) == before
 
 
 def test_resume_with_nothing_to_resume(tiny_run, capsys):
     opts, _ = tiny_run
-    _fails(capsys, [opts, "--resume"], "nothing to resume", "no last.pth")
+    fails_with(capsys, [opts, "--resume"], "nothing to resume", "no last.pth")
 
 
 def test_corrupt_checkpoint(tiny_run, capsys):
     opts, folder = tiny_run
     train_main(opts, overrides={"epochs": 1}, verbose=False)
     (folder / "last.pth").write_bytes(b"not a checkpoint at all")
-    _fails(capsys, [opts, "epochs=1", "--resume"], "last.pth is corrupt or not a nenya checkpoint")
+    fails_with(capsys, [opts, "epochs=1", "--resume"], "last.pth is corrupt or not a nenya checkpoint")
 
 
 def test_incompatible_checkpoint(tiny_run, capsys):
@@ -90,27 +79,27 @@ def test_incompatible_checkpoint(tiny_run, capsys):
     state = torch.load(folder / "last.pth", weights_only=True)
     state["model"] = {k: v for k, v in state["model"].items() if not k.startswith("head.")}
     torch.save(state, folder / "last.pth")
-    _fails(capsys, [opts, "epochs=1", "--resume"], "does not fit the model SupConResNet", "missing: head.")
+    fails_with(capsys, [opts, "epochs=1", "--resume"], "does not fit the model SupConResNet", "missing: head.")
 
 
 def test_resume_with_changed_options(tiny_run, capsys):
     opts, _ = tiny_run
     train_main(opts, overrides={"epochs": 1}, verbose=False)
-    _fails(capsys, [opts, "epochs=2", "learning_rate=0.3", "--resume"], "options differ", "learning_rate=0.3")
+    fails_with(capsys, [opts, "epochs=2", "learning_rate=0.3", "--resume"], "options differ", "learning_rate=0.3")
 
 
 def test_bad_command_line(capsys):
-    _fails(capsys, [], "the following arguments are required: opts")
-    _fails(capsys, ["x.json", "--resum"], "unrecognized arguments: --resum")
+    fails_with(capsys, [], "the following arguments are required: opts")
+    fails_with(capsys, ["x.json", "--resum"], "unrecognized arguments: --resum")
 
 
 def test_latents_errors(tiny_run, tmp_path, capsys):
     opts, folder = tiny_run
-    _fails(capsys, [str(tmp_path / "norun"), "d.h5", "o.h5"], "is not a nenya run folder", cli=latents_cli)
+    fails_with(capsys, [str(tmp_path / "norun"), "d.h5", "o.h5"], "is not a nenya run folder", cli=latents_cli)
     train_main(opts, overrides={"epochs": 1}, verbose=False)
     with h5py.File(tmp_path / "rgb.h5", "w") as handle:
         handle["test"] = np.zeros((4, 3, 8, 8), np.float32)
-    _fails(capsys, [str(folder), str(tmp_path / "rgb.h5"), str(tmp_path / "o.h5")], "nchannels=1", "3 channel",
+    fails_with(capsys, [str(folder), str(tmp_path / "rgb.h5"), str(tmp_path / "o.h5")], "nchannels=1", "3 channel",
            cli=latents_cli)
     assert not (tmp_path / "o.h5").exists()
 

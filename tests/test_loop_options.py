@@ -7,18 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import write_images_h5
+from conftest import NENYA_OPTS, write_images_h5
 from nenya.train import main as train_main
 from test_mae_method import mae_opts
 
-NENYA_OPTS = {"ssl_method": "SimCLR", "ssl_model": "resnet18", "nchannels": 1, "learning_rate": 0.05,
-              "lr_decay_epochs": "700,800,900", "lr_decay_rate": 0.1, "batch_size_train": 64,
-              "batch_size_valid": 64, "epochs": 200, "feat_dim": 128, "temp": 0.07, "weight_decay": 1e-4,
-              "momentum": 0.9, "cosine": True, "warm": False, "syncBN": False, "trial": 0, "print_freq": 20,
-              "num_workers": 4, "random_cropjitter": [40, 5], "rotate": True, "flip": True, "demean": True,
-              "gauss_noise": 0.0, "model_root": "models/v5", "data_folder": "./", "images_file": "cutouts.h5",
-              "train_key": "train", "valid_key": "valid", "save_freq": 10, "valid_freq": 5,
-              "nenya_data": True, "cuda_use": True, "sensor": "MODIS"}
 
 
 @pytest.mark.slow

@@ -8,15 +8,13 @@ import pytest
 import torch
 from torch import nn
 
-import nenya.train as train_module
-from conftest import write_opts
+from conftest import assert_resume_is_bit_exact, fails_with, write_opts
 from nenya.data.synthetic import make_hyperspectral
 from nenya.evaluate import evaluate_run
 from nenya.methods import METHODS
 from nenya.methods.mae import MAE, visible_mean_baseline
 from nenya.params import get_options
 from nenya.plots_mae import default_rgb_bands, percentile_limits, rgb_composite
-from nenya.train import cli as train_cli
 from nenya.train import main as train_main
 
 BANDS, SIZE, PATCH = 10, 16, [8, 5]
@@ -252,39 +250,9 @@ def test_band_stats_option_names_the_cache(tmp_path):
         assert data["mean"].shape == (BANDS,)
 
 
-def _interrupt_at(monkeypatch, stop_epoch):
-    real = train_module.train_model
-
-    def interrupted(loader, model, method, optimizer, epoch, *args, **kwargs):
-        if epoch == stop_epoch:
-            raise KeyboardInterrupt
-        return real(loader, model, method, optimizer, epoch, *args, **kwargs)
-
-    monkeypatch.setattr(train_module, "train_model", interrupted)
-
-
 def test_resume_is_bit_exact(tmp_path, monkeypatch):
     opts = mae_opts(tmp_path, epochs=3, schedule="iter_cosine", warm_epochs=1, lr_decay_rate=0.1)
-    whole = train_main(opts, overrides={"model_name": "whole"}, verbose=False)
-    _interrupt_at(monkeypatch, 3)
-    with pytest.raises(KeyboardInterrupt):
-        train_main(opts, overrides={"model_name": "split"}, verbose=False)
-    monkeypatch.undo()
-    split = train_main(opts, overrides={"model_name": "split"}, resume=True, verbose=False)
-    root = tmp_path / "models"
-    a = torch.load(root / "whole" / "last.pth", weights_only=True)
-    b = torch.load(root / "split" / "last.pth", weights_only=True)
-    for key in a["model"]:
-        assert torch.equal(a["model"][key], b["model"][key]), key
-    for index, state in a["optimizer"]["state"].items():
-        for name, value in state.items():
-            assert torch.equal(value, b["optimizer"]["state"][index][name])
-    assert a["step"] == b["step"] and whole["final"] == split["final"] and whole["best"] == split["best"]
-    for name in ("losses_train.h5", "losses_valid.h5"):
-        with h5py.File(root / "whole" / name) as x, h5py.File(root / "split" / name) as y:
-            assert sorted(x) == sorted(y)
-            for key in x:
-                np.testing.assert_array_equal(x[key][:], y[key][:], err_msg=key)
+    assert_resume_is_bit_exact(opts, tmp_path / "models", monkeypatch, 3)
 
 
 def test_dry_run_builds_the_model_for_the_data(tmp_path, capsys):
@@ -292,16 +260,6 @@ def test_dry_run_builds_the_model_for_the_data(tmp_path, capsys):
     assert result["parameters"] > 0
     assert "one training batch: [4, 10, 16, 16] float32, [4] int64" in capsys.readouterr().err
     assert not (tmp_path / "models").exists()
-
-
-def _fails(capsys, argv, *expected):
-    assert train_cli(argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    errors = [line for line in err if line.startswith("nenya: error:")]
-    assert len(errors) == 1 and "Traceback" not in "\n".join(err), err
-    for text in expected:
-        assert text in errors[0], (text, errors[0])
-    return errors[0]
 
 
 @pytest.mark.parametrize("overrides, expected", [
@@ -321,7 +279,7 @@ def _fails(capsys, argv, *expected):
 ])
 def test_user_errors_are_one_line(tmp_path, capsys, overrides, expected):
     opts = mae_opts(tmp_path)
-    _fails(capsys, [opts, *overrides], *expected)
+    fails_with(capsys, [opts, *overrides], *expected)
     assert not (tmp_path / "models").exists()
 
 
@@ -330,4 +288,4 @@ def test_non_square_cubes_need_a_crop(tmp_path, capsys):
         handle["train"] = np.random.default_rng(0).random((4, BANDS, 16, 24), dtype=np.float32)
         handle["valid"] = handle["train"][:2]
     opts = mae_opts(tmp_path)
-    _fails(capsys, [opts], "16x24", "square", "cube_crop")
+    fails_with(capsys, [opts], "16x24", "square", "cube_crop")

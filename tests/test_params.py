@@ -5,17 +5,11 @@ import math
 
 import pytest
 
+from conftest import NENYA_OPTS
+
 from nenya.errors import NenyaError
 from nenya.params import get_options, load_options, option_preprocess, parse_overrides, validate
 
-NENYA_OPTS = {"ssl_method": "SimCLR", "ssl_model": "resnet18", "nchannels": 1, "learning_rate": 0.05,
-              "lr_decay_epochs": "700,800,900", "lr_decay_rate": 0.1, "batch_size_train": 64,
-              "batch_size_valid": 64, "epochs": 200, "feat_dim": 128, "temp": 0.07, "weight_decay": 1e-4,
-              "momentum": 0.9, "cosine": True, "warm": False, "syncBN": False, "trial": 0, "print_freq": 20,
-              "num_workers": 4, "random_cropjitter": [40, 5], "rotate": True, "flip": True, "demean": True,
-              "gauss_noise": 0.0, "model_root": "models/v5", "data_folder": "./", "images_file": "cutouts.h5",
-              "train_key": "train", "valid_key": "valid", "save_freq": 10, "valid_freq": 5,
-              "nenya_data": True, "cuda_use": True, "sensor": "MODIS"}
 
 
 def test_original_nenya_opts_validate_with_warnings_for_unused_keys():

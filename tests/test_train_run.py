@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-import nenya.train as train_module
+from conftest import assert_resume_is_bit_exact
 from nenya.train import main as train_main
 
 RUN_FILES = ["opts.json", "last.pth", "best.pth", "ckpt_epoch_2.pth", "losses_train.h5", "losses_valid.h5",
@@ -38,41 +38,11 @@ def test_run_folder_holds_every_file(tiny_run):
     assert "epoch 3/3" in (folder / "training.log").read_text()
 
 
-def _interrupt_at(monkeypatch, stop_epoch):
-    real = train_module.train_model
-
-    def interrupted(loader, model, method, optimizer, epoch, *args, **kwargs):
-        if epoch == stop_epoch:
-            raise KeyboardInterrupt
-        return real(loader, model, method, optimizer, epoch, *args, **kwargs)
-
-    monkeypatch.setattr(train_module, "train_model", interrupted)
-
-
 @pytest.mark.parametrize("extra", [{}, {"warm": True, "warm_epochs": 2, "optimizer": "lars", "cosine": False,
                                         "lr_decay_epochs": [2]}])
-def test_resume_is_bit_exact(tiny_run, tmp_path, monkeypatch, extra):
+def test_resume_is_bit_exact(tiny_run, monkeypatch, extra):
     opts, folder = tiny_run
-    whole = train_main(opts, overrides={"model_name": "whole", **extra}, verbose=False)
-    _interrupt_at(monkeypatch, 3)
-    with pytest.raises(KeyboardInterrupt):
-        train_main(opts, overrides={"model_name": "split", **extra}, verbose=False)
-    monkeypatch.undo()
-    split = train_main(opts, overrides={"model_name": "split", **extra}, resume=True, verbose=False)
-    root = folder.parent
-    a = torch.load(root / "whole" / "last.pth", weights_only=True)
-    b = torch.load(root / "split" / "last.pth", weights_only=True)
-    for key in a["model"]:
-        assert torch.equal(a["model"][key], b["model"][key]), key
-    for index, state in a["optimizer"]["state"].items():
-        for name, value in state.items():
-            assert torch.equal(value, b["optimizer"]["state"][index][name])
-    assert a["step"] == b["step"] and whole["final"] == split["final"] and whole["best"] == split["best"]
-    for name in ("losses_train.h5", "losses_valid.h5"):
-        with h5py.File(root / "whole" / name) as x, h5py.File(root / "split" / name) as y:
-            assert sorted(x) == sorted(y)
-            for key in x:
-                np.testing.assert_array_equal(x[key][:], y[key][:], err_msg=key)
+    assert_resume_is_bit_exact(opts, folder.parent, monkeypatch, 3, **extra)
 
 
 def test_refuses_to_start_over_an_existing_run(tiny_run):
