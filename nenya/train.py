@@ -13,12 +13,12 @@ from nenya.checkpoint import load_checkpoint, load_model_state, rng_state, save_
 from nenya.cli import run_cli
 from nenya.errors import NenyaError
 from nenya.methods import get_method
+from nenya.model_utils import unwrap
 from nenya.params import get_options, run_dir
 from nenya.plots import training_plots
 from nenya.run_folder import check_run_folder, open_log, write_options
 from nenya.train_util import (adjust_learning_rate, make_scaler, nenya_loader, select_device, set_model,
                               set_optimizer, train_model, validate)
-from nenya.methods.contrastive import unwrap
 
 HIGHER_IS_BETTER = ("acc", "dice", "iou", "psnr", "ssim", "f1", "auc")
 
@@ -119,6 +119,9 @@ def main(opts_path: str, overrides: dict | None = None, debug: bool = False, res
     if resume:
         path = os.path.join(folder, "last.pth")
         state = load_checkpoint(path)
+        missing = [key for key in ("optimizer", "epoch", "step", "best", "init_metrics", "rng") if key not in state]
+        if missing:
+            raise NenyaError(f"checkpoint {path} cannot be resumed: it lacks {', '.join(missing)}")
         load_model_state(unwrap(model), state["model"], path)
         try:
             optimizer.load_state_dict(state["optimizer"])

@@ -82,6 +82,14 @@ def test_incompatible_checkpoint(tiny_run, capsys):
     fails_with(capsys, [opts, "epochs=1", "--resume"], "does not fit the model SupConResNet", "missing: head.")
 
 
+def test_checkpoint_without_training_state(tiny_run, capsys):
+    opts, folder = tiny_run
+    train_main(opts, overrides={"epochs": 1}, verbose=False)
+    state = torch.load(folder / "last.pth", weights_only=True)
+    torch.save({"model": state["model"]}, folder / "last.pth")
+    fails_with(capsys, [opts, "epochs=1", "--resume"], "cannot be resumed", "lacks optimizer, epoch")
+
+
 def test_resume_with_changed_options(tiny_run, capsys):
     opts, _ = tiny_run
     train_main(opts, overrides={"epochs": 1}, verbose=False)

@@ -12,13 +12,9 @@ from nenya.features import extract_features
 from nenya.losses import SupConLoss
 from nenya.methods.base import Method
 from nenya.metrics import knn_accuracy
+from nenya.model_utils import unwrap
 from nenya.models import build_model
 from nenya.plots import embedding_scatter, views_grid
-
-
-def unwrap(model):
-    """The bare model inside DataParallel / DistributedDataParallel."""
-    return getattr(model, "module", model)
 
 
 class SimCLR(Method):

@@ -35,7 +35,7 @@ from nenya.data.paths import images_path
 from nenya.errors import NenyaError
 from nenya.losses_mae import NORM_PIX_EPS, MAESpectralLoss
 from nenya.methods.base import Method
-from nenya.methods.contrastive import unwrap
+from nenya.model_utils import unwrap
 from nenya.metrics_spectral import SSIM_WINDOW, mse, patch_mask_to_pixels, psnr, reconstruction_metrics, sam
 from nenya.models import build_model
 from nenya.models.mae_spectral import MAE_SIZES
