@@ -7,10 +7,15 @@ import sys
 import h5py
 import numpy as np
 import pytest
+import torch
 
+from nenya.data.hdf5 import HDF5Images
 from nenya.data.synthetic import make_hyperspectral
 from nenya.evaluate import cli as evaluate_cli
 from nenya.evaluate import evaluate_run
+from nenya.features import extract_features
+from nenya.metrics import knn_accuracy
+from nenya.runs import load_run
 from nenya.train import main as train_main
 from test_mae_method import BANDS, SIZE, mae_opts
 
@@ -87,13 +92,18 @@ def test_evaluate_user_errors(mae_run, tmp_path, capsys):
     assert not (folder / "eval" / "eval_metrics.json").exists()
 
 
-def test_default_evaluate_of_a_simclr_run_is_the_mean_loss(tiny_run):
+def test_evaluate_of_a_simclr_run_is_the_loss_and_leave_one_out_knn(tiny_run):
     opts, folder = tiny_run
     train_main(opts, overrides={"epochs": 1}, verbose=False)
     record = evaluate_run(str(folder))
     assert record["key"] == "valid" and record["items"] == 24
-    assert set(record["metrics"]) == {"loss"} and record["metrics"]["loss"] > 0
-    assert (folder / "eval" / "eval_metrics.json").exists()
+    assert set(record["metrics"]) == {"loss", "knn_acc_loo"} and record["metrics"]["loss"] > 0
+    opt, method, model = load_run(str(folder))
+    plain = HDF5Images(str(folder.parent.parent / "images.h5"), "valid")
+    features, labels = extract_features(model.encode, plain, 8, torch.device("cpu"))
+    expected = knn_accuracy(features, labels, features, labels, opt.knn_k, exclude_self=True)
+    assert record["metrics"]["knn_acc_loo"] == pytest.approx(expected)
+    assert (folder / "eval" / "eval_metrics.json").exists() and (folder / "eval" / "embedding.png").exists()
 
 
 @pytest.mark.slow

@@ -113,6 +113,23 @@ class SimCLR(Method):
             views_grid(originals, [train[i][0] for i in range(count)], views_path)
 
 
+    def evaluate(self, model, dataset, device, folder):
+        """Mean loss, and with labels the leave-one-out kNN accuracy of encoder features and their PCA plot."""
+        metrics = super().evaluate(model, dataset, device, folder)
+        plain = HDF5Images(dataset.path, dataset.key, transform=Demean() if self.opt.demean else None)
+        if plain.has_labels:
+            was_training = model.training
+            model.eval()
+            features, labels = extract_features(unwrap(model).encode, plain, self.opt.batch_size_valid, device)
+            model.train(was_training)
+            metrics["knn_acc_loo"] = knn_accuracy(features, labels, features, labels, self.opt.knn_k,
+                                                  exclude_self=True)
+            os.makedirs(folder, exist_ok=True)
+            embedding_scatter(features, labels, os.path.join(folder, "embedding.png"),
+                              f"{dataset.key}: encoder features (PCA)")
+        return metrics
+
+
 class SupCon(SimCLR):
     """Supervised contrastive: every view of every same-label image is a positive."""
 
