@@ -6,6 +6,7 @@ import random
 import numpy as np
 import torch
 
+from nenya.atomic import atomic_path
 from nenya.errors import NenyaError
 
 
@@ -33,12 +34,10 @@ def set_rng_state(state: dict) -> None:
 
 def save_checkpoint(path: str, state: dict) -> None:
     """Write ``state`` to ``path`` atomically: temp file, fsync, rename."""
-    temporary = f"{path}.tmp"
-    with open(temporary, "wb") as handle:
+    with atomic_path(path) as temporary, open(temporary, "wb") as handle:
         torch.save(state, handle)
         handle.flush()
         os.fsync(handle.fileno())
-    os.replace(temporary, path)
 
 
 def load_checkpoint(path: str) -> dict:

@@ -5,12 +5,12 @@ figures into ``--out`` (default ``RUN_DIR/eval``); an existing ``eval_metrics.js
 ``--overwrite`` is given.
 """
 
-import json
 import os
 import sys
 
 import torch
 
+from nenya.atomic import write_json
 from nenya.cli import run_cli
 from nenya.errors import NenyaError
 from nenya.runs import load_run
@@ -58,10 +58,7 @@ def evaluate_run(folder: str, data: str | None = None, key: str | None = None, c
               "data": os.path.abspath(data_path) if data_path else None, "key": data_key,
               "checkpoint": checkpoint, "checkpoint_file": os.path.abspath(checkpoint_file(folder, checkpoint)),
               "items": len(dataset)}
-    temporary = f"{metrics_path}.tmp"
-    with open(temporary, "w") as handle:
-        json.dump(record, handle, indent=2)
-    os.replace(temporary, metrics_path)
+    write_json(metrics_path, record, indent=2)
     return record
 
 

@@ -6,6 +6,7 @@ import sys
 import h5py
 import torch
 
+from nenya.atomic import atomic_path
 from nenya.cli import run_cli
 from nenya.data.augment import Demean
 from nenya.data.hdf5 import HDF5Images, check_channels
@@ -40,8 +41,7 @@ def write_latents(folder: str, data_path: str, out_path: str, encoder: bool = Fa
     encode = model.encode if encoder else model
     transform = Demean() if opt.demean else None
     shapes = {}
-    temporary = f"{out_path}.tmp"
-    with h5py.File(temporary, "w") as out:
+    with atomic_path(out_path) as temporary, h5py.File(temporary, "w") as out:
         for key in partitions:
             dataset = HDF5Images(data_path, key, transform=transform, key_option="--keys")
             check_channels(dataset, opt.nchannels)
@@ -50,7 +50,6 @@ def write_latents(folder: str, data_path: str, out_path: str, encoder: bool = Fa
             shapes[key] = tuple(features.shape)
         out.attrs["run"] = os.path.abspath(folder)
         out.attrs["output"] = "encoder" if encoder else "head"
-    os.replace(temporary, out_path)
     return shapes
 
 

@@ -6,6 +6,7 @@ import os
 import platform
 import subprocess
 
+from nenya.atomic import write_json
 from nenya.errors import NenyaError
 
 RUN_FILES = ("opts.json", "last.pth", "best.pth", "losses_train.h5", "losses_valid.h5", "metrics.json")
@@ -72,10 +73,7 @@ def check_run_folder(folder: str, options: dict, resume: bool) -> None:
 
 def write_options(folder: str, options: dict) -> None:
     """Write the resolved options plus versions as opts.json (a file nenya.train accepts back)."""
-    path = os.path.join(folder, "opts.json")
-    with open(f"{path}.tmp", "w") as handle:
-        json.dump({**options, "_versions": versions()}, handle, indent=2, sort_keys=True)
-    os.replace(f"{path}.tmp", path)
+    write_json(os.path.join(folder, "opts.json"), {**options, "_versions": versions()}, indent=2, sort_keys=True)
 
 
 def open_log(folder: str | None, verbose: bool = True):

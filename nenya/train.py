@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from nenya import curves
+from nenya.atomic import write_json
 from nenya.checkpoint import load_checkpoint, load_model_state, rng_state, save_checkpoint, set_rng_state
 from nenya.cli import run_cli
 from nenya.errors import NenyaError
@@ -77,8 +78,7 @@ def write_metrics(folder, method_name, monitor, best, init_metrics, last_valid, 
     """metrics.json: metrics at initialisation, at the last validation, and the best by the monitored metric."""
     metrics = {"method": method_name, "epochs_completed": epoch, "monitor": monitor[0], "mode": monitor[1],
                "best": best, "init": init_metrics, "final": last_valid, "train_loss_final": last_train_loss}
-    with open(os.path.join(folder, "metrics.json"), "w") as handle:
-        json.dump(metrics, handle, indent=2)
+    write_json(os.path.join(folder, "metrics.json"), metrics, indent=2)
     return metrics
 
 

@@ -109,7 +109,7 @@ def test_latents_errors(tiny_run, tmp_path, capsys):
         handle["test"] = np.zeros((4, 3, 8, 8), np.float32)
     fails_with(capsys, [str(folder), str(tmp_path / "rgb.h5"), str(tmp_path / "o.h5")], "nchannels=1", "3 channel",
            cli=latents_cli)
-    assert not (tmp_path / "o.h5").exists()
+    assert not (tmp_path / "o.h5").exists() and not (tmp_path / "o.h5.tmp").exists()
 
 
 def test_real_process_prints_one_line_and_exits_2(tmp_path):

@@ -1,11 +1,11 @@
 """Built-in data sets that are made locally, with no download."""
 
 import os
-import tempfile
 
 import h5py
 import numpy as np
 
+from nenya.atomic import atomic_path
 from nenya.data.synthetic import write_hyperspectral_h5
 from nenya.errors import NenyaError
 
@@ -39,19 +39,10 @@ def write_digits_h5(path, valid_fraction=0.2, seed=0):
 
 def _write_atomically(path, arrays, attrs):
     """Write datasets and file attributes to a temporary file beside `path`, then move it into place."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".nenya-", suffix=".h5.tmp")
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            for name, array in arrays.items():
-                f.create_dataset(name, data=array)
-            f.attrs.update(attrs)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_path(path) as temporary, h5py.File(temporary, "w") as f:
+        for name, array in arrays.items():
+            f.create_dataset(name, data=array)
+        f.attrs.update(attrs)
 
 
 BUILTIN_DATASETS = {"digits": write_digits_h5, "hyperspectral": write_hyperspectral_h5}

@@ -3,7 +3,6 @@
 import csv
 import json
 import os
-import tempfile
 
 import h5py
 import numpy as np
@@ -11,6 +10,7 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from nenya.atomic import atomic_path, write_json
 from nenya.data.hdf5 import _dataset_names, checked_index
 from nenya.errors import NenyaError
 
@@ -240,17 +240,9 @@ def _write_stats(path, mean, std, source=None, items=None):
     """Write statistics to a temporary file beside `path`, then move it into place."""
     if not path.endswith((".json", ".npz")):
         raise NenyaError(f"band statistics file {path} must end in .json or .npz")
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".nenya-", suffix=".stats.tmp")
-    try:
-        with os.fdopen(fd, "wb" if path.endswith(".npz") else "w") as handle:
-            if path.endswith(".npz"):
-                np.savez(handle, mean=mean, std=std)
-            else:
-                json.dump({"mean": mean.tolist(), "std": std.tolist(), "source": source, "items": items}, handle)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if path.endswith(".json"):
+        write_json(path, {"mean": mean.tolist(), "std": std.tolist(), "source": source, "items": items})
+        return
+    with atomic_path(path) as temporary, open(temporary, "wb") as handle:
+        np.savez(handle, mean=mean, std=std)
