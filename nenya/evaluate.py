@@ -10,12 +10,13 @@ import sys
 
 import torch
 
-from nenya.atomic import write_json
-from nenya.cli import run_cli
-from nenya.errors import NenyaError
-from nenya.runs import load_run
-from nenya.train import seed_everything
-from nenya.train_util import select_device
+from nenya.errors import NenyaError, run_cli
+from nenya.io.atomic import write_json
+from nenya.io.checkpoints import load_checkpoint, load_model_state
+from nenya.io.run_folder import read_run_options
+from nenya.methods import get_method
+from nenya.params import Params, option_preprocess
+from nenya.train_util import evaluation_pass, seed_everything, select_device
 
 METRICS_FILE = "eval_metrics.json"
 
@@ -27,6 +28,19 @@ def checkpoint_file(folder: str, checkpoint: str) -> str:
     if checkpoint == "best" and not os.path.isfile(path):
         path = os.path.join(folder, "last.pth")
     return path
+
+
+def load_run(folder: str, checkpoint: str = "best"):
+    """(options, method, model in eval mode on the CPU) of a run; checkpoint is 'best', 'last' or a file name."""
+    options = read_run_options(folder)
+    if options is None:
+        raise NenyaError(f"{folder} is not a nenya run folder (it has no opts.json)")
+    opt = option_preprocess(Params(options, source_name=os.path.join(folder, "opts.json"), warn_unused=False))
+    path = checkpoint_file(folder, checkpoint)
+    method = get_method(opt)
+    model = method.build_model()
+    load_model_state(model, load_checkpoint(path)["model"], path)
+    return opt, method, model.eval()
 
 
 def _describe(dataset, data, key):
@@ -52,9 +66,13 @@ def evaluate_run(folder: str, data: str | None = None, key: str | None = None, c
     dataset = method.eval_dataset(data, key)
     seed_everything(opt.seed)
     os.makedirs(out, exist_ok=True)
-    metrics = method.evaluate(model, dataset, device, out)
+
+    def run(data, step, desc="evaluate"):
+        return evaluation_pass(data, model, step, device, opt, desc)
+
+    metrics = method.evaluation(model, run, dataset, out)
     data_path, data_key = _describe(dataset, data, key)
-    record = {"metrics": metrics, "run": os.path.abspath(folder), "method": opt.ssl_method,
+    record = {"metrics": metrics, "run": os.path.abspath(folder), "method": opt.method,
               "data": os.path.abspath(data_path) if data_path else None, "key": data_key,
               "checkpoint": checkpoint, "checkpoint_file": os.path.abspath(checkpoint_file(folder, checkpoint)),
               "items": len(dataset)}

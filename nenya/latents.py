@@ -2,18 +2,15 @@
 
 import os
 import sys
+from functools import partial
 
 import h5py
 import torch
 
-from nenya.atomic import atomic_path
-from nenya.cli import run_cli
-from nenya.data.augment import Demean
-from nenya.data.hdf5 import HDF5Images, check_channels
-from nenya.errors import NenyaError
-from nenya.features import extract_features
-from nenya.runs import load_run
-from nenya.train_util import select_device
+from nenya.errors import NenyaError, run_cli
+from nenya.evaluate import load_run
+from nenya.io.atomic import atomic_path
+from nenya.train_util import evaluation_pass, make_loader, select_device
 
 
 def image_partitions(path: str) -> list[str]:
@@ -31,23 +28,20 @@ def write_latents(folder: str, data_path: str, out_path: str, encoder: bool = Fa
     if os.path.exists(out_path) and not overwrite:
         raise NenyaError(f"{out_path} already exists; choose another output file or pass --overwrite")
     opt, method, model = load_run(folder, checkpoint)
-    if not hasattr(model, "encode"):
-        raise NenyaError(f"the model of {folder} ({opt.ssl_model}) makes no embeddings")
     device = select_device(opt)
     model = model.to(device)
     partitions = partitions or image_partitions(data_path)
     if not partitions:
         raise NenyaError(f"{data_path} holds no image datasets")
-    encode = model.encode if encoder else model
-    transform = Demean() if opt.demean else None
+    step = partial(method.embed_step, encoder=encoder)
     shapes = {}
     with atomic_path(out_path) as temporary, h5py.File(temporary, "w") as out:
         for key in partitions:
-            dataset = HDF5Images(data_path, key, transform=transform, key_option="--keys")
-            check_channels(dataset, opt.nchannels)
-            features, _ = extract_features(encode, dataset, batch_size, device, progress=progress, desc=key)
-            out.create_dataset(key, data=features.numpy())
-            shapes[key] = tuple(features.shape)
+            dataset = method.eval_dataset(data_path, key)  # prepared exactly as validation prepares it
+            loader = make_loader(dataset, batch_size, False, opt.num_workers, seed=opt.seed)
+            latents = evaluation_pass(loader, model, step, device, opt, desc=key, progress=progress)["latents"]
+            out.create_dataset(key, data=latents.numpy())
+            shapes[key] = tuple(latents.shape)
         out.attrs["run"] = os.path.abspath(folder)
         out.attrs["output"] = "encoder" if encoder else "head"
     return shapes

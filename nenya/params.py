@@ -1,20 +1,38 @@
-"""Options: Params, loading a JSON opts file, key=value overrides, validation and option_preprocess."""
+"""Options: Params (from a JSON opts file or a dict), key=value overrides, validation, option_preprocess.
 
-import difflib
+The schema itself (every key, its type, default, allowed values and the methods that use it) is
+declared one file per family in :mod:`nenya.options`; ``params.SCHEMA`` / ``params.OPTIONS`` are it.
+"""
+
 import json
 import math
 import os
 import warnings
 
+import nenya.methods  # noqa: F401  (registers every method family, so method names can be checked)
 from nenya.errors import NenyaError
-from nenya.schema import LEGACY_KEYS, OPTIONS, SCHEMA  # noqa: F401  (OPTIONS re-exported for the docs)
+from nenya.options import ALIASES, LEGACY_KEYS, OPTIONS, SCHEMA  # noqa: F401  (OPTIONS re-exported)
+from nenya.registry import METHODS, did_you_mean
+
+
+_SPELLED = "__spelled__"  # which alias a user wrote for a canonical key, for error messages
 
 
 class Params:
-    """The resolved options of one run, read as attributes (``opt.learning_rate``)."""
+    """The options of one run, read as attributes (``opt.learning_rate``).
 
-    def __init__(self, values: dict):
-        self.__dict__.update(values)
+    ``Params("opts.json")`` reads and validates an opts file, ``Params({...})`` a dict of options (as
+    the original Nenya's ``params.Params(path)``); ``option_preprocess`` then derives the rest.
+    """
+
+    def __init__(self, source, source_name: str | None = None, warn_unused: bool = True):
+        if isinstance(source, Params):
+            values, name = source.to_dict(), source_name or "options"
+        elif isinstance(source, dict):
+            values, name = dict(source), source_name or "options"
+        else:
+            values, name = load_options(os.fspath(source)), source_name or os.fspath(source)
+        self.__dict__.update(validate(values, name, warn_unused))
 
     def to_dict(self) -> dict:
         """A plain-dict copy of every option."""
@@ -53,11 +71,6 @@ def parse_overrides(items) -> dict:
     return overrides
 
 
-def _did_you_mean(word: str, candidates) -> str:
-    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
-    return f"; did you mean '{close[0]}'?" if close else ""
-
-
 def _coerce(option, value, source: str):
     """Check one value against its option's type; return it in canonical form."""
     where = f"{source}: option '{option.name}'"
@@ -92,31 +105,65 @@ def _coerce(option, value, source: str):
     raise NenyaError(f"{where} must be {kind}, got {json.dumps(value)} ({type(value).__name__})")
 
 
-def validate(values: dict, source: str = "options") -> Params:
-    """Check every key and value against the schema, fill defaults, and return Params."""
-    from nenya.methods import METHODS
+def _canonical_names(values: dict, source: str) -> dict:
+    """Rename aliases (Nenya's ssl_method / ssl_model, the former cube_flip) to the canonical keys."""
+    values = dict(values)
+    for alias, name in ALIASES.items():
+        if alias not in values:
+            continue
+        value = values.pop(alias)
+        if name in values and values[name] != value:
+            raise NenyaError(f"{source}: options '{alias}' ({json.dumps(value)}) and '{name}' "
+                             f"({json.dumps(values[name])}) disagree; '{alias}' is another name of '{name}', "
+                             f"give one of them")
+        if not alias.startswith("ssl_"):
+            warnings.warn(f"{source}: option '{alias}' is now called '{name}'; read as {name}={json.dumps(value)}")
+        values[name] = value
+        values.setdefault(_SPELLED, {})[name] = alias
+    return values
 
-    resolved = {}
+
+def _check_method(resolved: dict, source: str, spelled: str) -> None:
+    """Canonical (lower-case) method name, or a NenyaError naming the registered ones."""
+    method = resolved["method"].lower()
+    if method not in METHODS:
+        raise NenyaError(f"{source}: option '{spelled}' is '{resolved['method']}'; "
+                         f"allowed: {', '.join(sorted(METHODS))}{did_you_mean(method, METHODS)}")
+    resolved["method"] = method
+
+
+def _warn_unused(given: dict, method: str, source: str) -> None:
+    """One warning per option set to a non-default value that ``method`` does not read."""
+    for key, value in given.items():
+        option = SCHEMA[key]
+        if not option.used_by(method) and value != option.default:
+            warnings.warn(f"{source}: option '{key}' is not used by method '{method}' (only by "
+                          f"{', '.join(option.methods)}); ignored")
+
+
+def validate(values: dict, source: str = "options", warn_unused: bool = True) -> dict:
+    """Check every key and value against the schema and fill defaults; return the resolved dict."""
+    values = _canonical_names(values, source)
+    spelled = values.pop(_SPELLED, {})
+    given = {}
     for key, value in values.items():
         if key in LEGACY_KEYS:
             warnings.warn(f"{source}: option '{key}' is not used by nenya ({LEGACY_KEYS[key]}); ignored")
             continue
         if key not in SCHEMA:
-            raise NenyaError(f"{source}: unknown option '{key}'{_did_you_mean(key, list(SCHEMA) + list(LEGACY_KEYS))}")
+            raise NenyaError(f"{source}: unknown option '{key}'"
+                             f"{did_you_mean(key, list(SCHEMA) + list(LEGACY_KEYS) + list(ALIASES))}")
         option = SCHEMA[key]
         value = _coerce(option, value, source)
         if option.choices is not None and value is not None and value not in option.choices:
             allowed = ", ".join(map(str, option.choices))
             raise NenyaError(f"{source}: option '{key}' is {json.dumps(value)}; allowed: {allowed}")
-        resolved[key] = value
-    for option in OPTIONS:
-        resolved.setdefault(option.name, option.default)
-
-    method = resolved["ssl_method"].lower()
-    if method not in METHODS:
-        raise NenyaError(f"{source}: option 'ssl_method' is '{resolved['ssl_method']}'; "
-                         f"allowed: {', '.join(sorted(METHODS))}{_did_you_mean(method, METHODS)}")
-    resolved["ssl_method"] = method
+        given[key] = value
+    resolved = {option.name: given.get(option.name, option.default) for option in OPTIONS}
+    _check_method(resolved, source, spelled.get("method", "method"))
+    if warn_unused:
+        _warn_unused({key: value for key, value in given.items() if not SCHEMA[key].derived},
+                     resolved["method"], source)
     for key in ("epochs", "batch_size_train", "batch_size_valid", "save_freq", "valid_freq", "print_freq", "nchannels",
                 "accumulate_grad_batches"):
         if resolved[key] < 1:
@@ -127,13 +174,13 @@ def validate(values: dict, source: str = "options") -> Params:
     for key, length in (("betas", 2), ("valid_range", 2), ("patch_size", 2), ("rgb_bands", 3)):
         if resolved[key] is not None and len(resolved[key]) != length:
             raise NenyaError(f"{source}: option '{key}' must hold {length} numbers, got {resolved[key]}")
-    return Params(resolved)
+    return resolved
 
 
 def default_model_name(opt: Params) -> str:
     """Nenya's run name: method, model, rate, decay, batch, temperature (SSL) and trial (+ _cosine, _warm)."""
-    temperature = f"_temp_{opt.temp}" if opt.ssl_method in ("simclr", "supcon") else ""
-    name = (f"{opt.ssl_method}_{opt.ssl_model}_lr_{opt.learning_rate}_decay_{opt.weight_decay}"
+    temperature = f"_temp_{opt.temp}" if SCHEMA["temp"].used_by(opt.method) else ""
+    name = (f"{opt.method}_{opt.model}_lr_{opt.learning_rate}_decay_{opt.weight_decay}"
             f"_bsz_{opt.batch_size_train}{temperature}_trial_{opt.trial}")
     if opt.cosine:
         name += "_cosine"
@@ -143,7 +190,7 @@ def default_model_name(opt: Params) -> str:
 
 
 def option_preprocess(opt: Params) -> Params:
-    """Derive the values training needs (run name and folder, warm-up target, cosine floor), Nenya's way."""
+    """Derive the values training needs (run name, warm-up target, cosine floor) in place, Nenya's way."""
     if opt.blr is not None:
         opt.learning_rate = opt.blr * opt.batch_size_train * opt.accumulate_grad_batches / 256
     if opt.batch_size_train > 256:
@@ -164,9 +211,11 @@ def option_preprocess(opt: Params) -> Params:
 
 def get_options(path: str, overrides: dict | None = None) -> Params:
     """Load an opts file, apply overrides, validate and preprocess: the options a run uses."""
-    values = load_options(path)
-    values.update(overrides or {})
-    return option_preprocess(validate(values, source=path))
+    values = _canonical_names(load_options(path), path)
+    changes = _canonical_names(overrides or {}, "command line")
+    spelled = {**values.pop(_SPELLED, {}), **changes.pop(_SPELLED, {})}
+    values.update(changes, **({_SPELLED: spelled} if spelled else {}))
+    return option_preprocess(Params(values, source_name=path))
 
 
 def run_dir(opt: Params) -> str:

@@ -1,16 +1,28 @@
-"""The hand-written loops every method shares: schedules, model/optimizer setup, loaders, one epoch, validation."""
+"""THE loop, hand-written once for every method: schedules, model, optimizer and loaders, one training epoch,
+one evaluation pass (validation, ``nenya.evaluate`` and ``nenya.latents``), and the epoch driver.
+
+The original Nenya's names work as its documentation shows them: ``set_model(opt)`` returns the model
+and criterion, ``nenya_loader(opt, valid=...)`` the method's loader, and ``train_model(train_loader,
+model, criterion, optimizer, epoch, opt, cuda_use=...)`` trains one epoch and returns ``(loss,
+losses_step, losses_avg)``; the command line runs the same functions.
+"""
 
 import math
+import os
+import random
 import time
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from nenya.checkpoint import load_checkpoint, load_model_state, save_checkpoint  # noqa: F401  (part of the API)
-from nenya.lars import LARS
+from nenya.io import curves
+from nenya.io.checkpoints import checkpoint_state, restore_training_state, save_checkpoint
+from nenya.io.run_folder import write_metrics, write_options
+from nenya.methods import get_method
+from nenya.models import unwrap
 
 
 class AverageMeter:
@@ -28,6 +40,8 @@ class AverageMeter:
         self.avg = self.sum / self.count
 
 
+# ---- learning-rate schedules ------------------------------------------------------------------------
+
 def epoch_learning_rate(opt, epoch: int) -> float:
     """Nenya's per-epoch rate: cosine to learning_rate * lr_decay_rate**3, or step decay at lr_decay_epochs."""
     lr = opt.learning_rate
@@ -36,23 +50,6 @@ def epoch_learning_rate(opt, epoch: int) -> float:
         return eta_min + (lr - eta_min) * (1 + math.cos(math.pi * epoch / opt.epochs)) / 2
     steps = int(np.sum(epoch > np.asarray(opt.lr_decay_epochs, dtype=np.int64)))
     return lr * opt.lr_decay_rate ** steps
-
-
-def set_learning_rate(optimizer, lr: float) -> None:
-    """Set every parameter group's rate."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-
-
-def adjust_learning_rate(opt, optimizer, epoch: int) -> float:
-    """Apply the per-epoch schedule (epochs count from 1) and return the rate."""
-    if opt.schedule == "iter_cosine":
-        lr = iteration_learning_rate(opt, epoch, 0, 1)
-        set_learning_rate(optimizer, lr)
-        return lr
-    lr = epoch_learning_rate(opt, epoch)
-    set_learning_rate(optimizer, lr)
-    return lr
 
 
 def iteration_learning_rate(opt, epoch: int, batch_id: int, total_batches: int) -> float:
@@ -65,12 +62,20 @@ def iteration_learning_rate(opt, epoch: int, batch_id: int, total_batches: int) 
     return opt.lr_min + (opt.learning_rate - opt.lr_min) * 0.5 * (1 + math.cos(math.pi * fraction))
 
 
-def step_learning_rate(opt, epoch: int, batch_id: int, total_batches: int, optimizer) -> None:
-    """Set the rate of this step: per-iteration schedule, or Nenya's warm-up on top of the per-epoch rate."""
+def set_learning_rate(optimizer, lr: float) -> None:
+    """Set every parameter group's rate."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def adjust_learning_rate(opt, optimizer, epoch: int) -> float:
+    """Apply the per-epoch schedule at the start of ``epoch`` (epochs count from 1) and return the rate."""
     if opt.schedule == "iter_cosine":
-        set_learning_rate(optimizer, iteration_learning_rate(opt, epoch, batch_id, total_batches))
+        lr = iteration_learning_rate(opt, epoch, 0, 1)
     else:
-        warmup_learning_rate(opt, epoch, batch_id, total_batches, optimizer)
+        lr = epoch_learning_rate(opt, epoch)
+    set_learning_rate(optimizer, lr)
+    return lr
 
 
 def warmup_learning_rate(opt, epoch: int, batch_id: int, total_batches: int, optimizer) -> float | None:
@@ -83,12 +88,23 @@ def warmup_learning_rate(opt, epoch: int, batch_id: int, total_batches: int, opt
     return lr
 
 
-def select_device(opt) -> torch.device:
-    """CUDA when it is there and cuda_use is on, else the CPU."""
-    return torch.device("cuda" if opt.cuda_use and torch.cuda.is_available() else "cpu")
+def step_learning_rate(opt, epoch: int, batch_id: int, total_batches: int, optimizer) -> None:
+    """Set the rate of this step: per-iteration schedule, or Nenya's warm-up on top of the per-epoch rate."""
+    if opt.schedule == "iter_cosine":
+        set_learning_rate(optimizer, iteration_learning_rate(opt, epoch, batch_id, total_batches))
+    else:
+        warmup_learning_rate(opt, epoch, batch_id, total_batches, optimizer)
 
 
-def set_model(model: nn.Module, device: torch.device) -> nn.Module:
+# ---- model, optimizer, data -------------------------------------------------------------------------
+
+def select_device(opt=None, cuda_use: bool | None = None) -> torch.device:
+    """CUDA when it is there and cuda_use (the argument, else the option) is on, else the CPU."""
+    wanted = cuda_use if cuda_use is not None else (opt.cuda_use if opt is not None else True)
+    return torch.device("cuda" if wanted and torch.cuda.is_available() else "cpu")
+
+
+def place_model(model: nn.Module, device: torch.device) -> nn.Module:
     """Move the model to the device; DataParallel over several GPUs."""
     model = model.to(device)
     if device.type == "cuda":
@@ -98,8 +114,52 @@ def set_model(model: nn.Module, device: torch.device) -> nn.Module:
     return model
 
 
+def set_model(opt, cuda_use: bool | None = None, method=None) -> tuple[nn.Module, nn.Module]:
+    """Nenya's set_model: (model, criterion) of the options' method, on the device (DataParallel on GPUs)."""
+    method = method or get_method(opt)
+    device = select_device(opt, cuda_use)
+    return place_model(method.build_model(), device), method.criterion.to(device)
+
+
+class LARS(torch.optim.Optimizer):
+    """Layer-wise adaptive rate scaling; groups with ``lars_exclude=True`` get plain momentum SGD, no decay."""
+
+    def __init__(self, params, lr, momentum=0.9, weight_decay=0.0, trust_coefficient=0.001, eps=1e-8):
+        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
+                        trust_coefficient=trust_coefficient, eps=eps, lars_exclude=False)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One update: decay, trust-ratio scaling, momentum."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                update = param.grad
+                if not group["lars_exclude"]:
+                    update = update.add(param, alpha=group["weight_decay"])
+                    param_norm, update_norm = param.norm(), update.norm()
+                    trust = torch.where((param_norm > 0) & (update_norm > 0),
+                                        group["trust_coefficient"] * param_norm / (update_norm + group["eps"]),
+                                        torch.ones_like(param_norm))
+                    update = update.mul(trust)
+                state = self.state[param]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = update.clone()
+                else:
+                    state["momentum_buffer"].mul_(group["momentum"]).add_(update)
+                param.add_(state["momentum_buffer"], alpha=-group["lr"])
+        return loss
+
+
 def split_decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Parameter groups: weights with decay; biases, norms (1-D) and the model's ``no_weight_decay()`` without."""
+    model = unwrap(model)
     skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
     decay, no_decay = [], []
     for name, param in model.named_parameters():
@@ -125,14 +185,40 @@ def set_optimizer(opt, model: nn.Module) -> torch.optim.Optimizer:
     return LARS(groups, lr=lr, momentum=opt.momentum, weight_decay=wd)
 
 
-def nenya_loader(dataset, batch_size: int, shuffle: bool, num_workers: int, drop_last: bool = False) -> DataLoader:
-    """A DataLoader whose shuffling (and worker seeds) follow its own generator, reseeded every epoch."""
+def make_loader(dataset, batch_size: int, shuffle: bool, num_workers: int, drop_last: bool = False,
+                seed: int = 0) -> DataLoader:
+    """A DataLoader whose shuffling and worker seeds follow its own generator (reseeded every epoch)."""
     if drop_last and len(dataset) < batch_size:
         drop_last = False
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
                       drop_last=drop_last, pin_memory=torch.cuda.is_available(),
-                      persistent_workers=False, generator=torch.Generator())
+                      persistent_workers=False, generator=torch.Generator().manual_seed(seed))
 
+
+def method_datasets(method) -> tuple:
+    """(train, valid) of a method, built once; with overfit_batches both are the first training batches."""
+    if getattr(method, "_datasets", None) is None:
+        train, valid = method.build_datasets()
+        batches = method.opt.overfit_batches
+        if batches:
+            train = Subset(train, range(min(len(train), batches * method.opt.batch_size_train)))
+            valid = train
+        method._datasets = (train, valid)
+    return method._datasets
+
+
+def nenya_loader(opt, valid: bool = False, method=None) -> DataLoader | None:
+    """Nenya's nenya_loader: the method's shuffled training loader, or its validation loader (None: none)."""
+    method = method or get_method(opt)
+    train, valid_set = method_datasets(method)
+    if valid:
+        if valid_set is None:
+            return None
+        return make_loader(valid_set, opt.batch_size_valid, False, opt.num_workers, seed=opt.seed)
+    return make_loader(train, opt.batch_size_train, True, opt.num_workers, drop_last=True, seed=opt.seed)
+
+
+# ---- one training epoch -----------------------------------------------------------------------------
 
 def as_float(value) -> float:
     """A Python float of a number or a (possibly grad-tracking) one-element tensor."""
@@ -162,14 +248,46 @@ def make_scaler(opt, device: torch.device) -> torch.amp.GradScaler:
     return torch.amp.GradScaler("cuda", enabled=autocast_dtype(opt, device) == torch.float16)
 
 
-def train_model(train_loader, model, method, optimizer, epoch: int, opt, device, log=None, writer=None,
-                first_step: int = 0, scaler=None) -> dict:
-    """Train one epoch; return the mean loss, the per-step and running-mean losses and the mean of extra scalars."""
+class EpochResult(tuple):
+    """``(loss, losses_step, losses_avg)`` as Nenya's train_model returned them; ``extras`` and ``steps`` too."""
+
+    def __new__(cls, loss: float, losses_step: np.ndarray, losses_avg: np.ndarray, extras: dict):
+        result = super().__new__(cls, (loss, losses_step, losses_avg))
+        result.extras, result.steps = extras, int(losses_step.size)
+        return result
+
+    @property
+    def loss(self) -> float:
+        """Mean training loss of the epoch."""
+        return self[0]
+
+
+def as_method(criterion, opt):
+    """The Method that turns a batch into a loss: ``criterion`` itself, or the options' method using it."""
+    if hasattr(criterion, "loss"):
+        return criterion
+    method = get_method(opt)
+    method.criterion = criterion
+    return method
+
+
+def train_model(train_loader, model, criterion, optimizer, epoch: int, opt, cuda_use: bool | None = None,
+                update_model: bool = True, *, device=None, scaler=None, log=None, writer=None,
+                first_step: int = 0) -> EpochResult:
+    """Train one epoch; return (mean loss, per-step losses, their running mean), Nenya's train_model.
+
+    ``criterion`` is the method's loss (Nenya's SupConLoss for SimCLR / SupCon) or a Method. With
+    ``update_model=False`` (Nenya's validation call) the epoch runs in eval mode under no_grad and
+    the optimizer (which may be None) is not used.
+    """
+    method = as_method(criterion, opt)
+    device = device or select_device(opt, cuda_use)
+    if not update_model:
+        return _loss_pass(train_loader, model, method, device, opt)
     model.train()
     scaler = scaler or make_scaler(opt, device)
     amp_dtype = autocast_dtype(opt, device)
     accumulate = opt.accumulate_grad_batches
-    losses = AverageMeter()
     extras: dict[str, AverageMeter] = {}
     step_losses = []
     total = len(train_loader)
@@ -197,30 +315,194 @@ def train_model(train_loader, model, method, optimizer, epoch: int, opt, device,
                 log(f"train: [{epoch}][{batch_id + 1}/{total}] loss {value:.4f} "
                     f"lr {optimizer.param_groups[0]['lr']:.5g} time {time.time() - start:.1f}s")
     steps = torch.stack(step_losses).float().cpu().numpy().astype(np.float64) if step_losses else np.zeros(0)
+    losses = AverageMeter()
     for value in steps:
         losses.update(float(value))
-    return {"loss": losses.avg, "loss_step": steps, "loss_avg": np.cumsum(steps) / np.arange(1, steps.size + 1),
-            "extras": {name: meter.avg for name, meter in extras.items()}, "steps": int(steps.size)}
+    running = np.cumsum(steps) / np.arange(1, steps.size + 1)
+    return EpochResult(losses.avg, steps, running, {name: meter.avg for name, meter in extras.items()})
+
+
+def _loss_pass(loader, model, method, device, opt) -> EpochResult:
+    """Nenya's train_model(update_model=False): per-batch losses through the one evaluation pass."""
+    def step(model, batch, indices):
+        return {"loss": method.loss(model, batch)[0].float()}
+
+    outputs = evaluation_pass(loader, model, step, device, opt, desc="valid")
+    steps = outputs["loss"].double().numpy() if "loss" in outputs else np.zeros(0)
+    sizes = outputs["batch_size"].double().numpy()
+    mean = float((steps * sizes).sum() / sizes.sum()) if steps.size else 0.0
+    return EpochResult(mean, steps, np.cumsum(steps * sizes) / np.cumsum(sizes) if steps.size else steps, {})
+
+
+# ---- the one evaluation pass ------------------------------------------------------------------------
+
+def batch_size_of(batch) -> int:
+    """Items in a batch (a tensor, or a tuple/list/dict whose first tensor leads with the batch axis)."""
+    if isinstance(batch, torch.Tensor):
+        return batch.shape[0]
+    first = next(iter(batch.values())) if isinstance(batch, dict) else batch[0]
+    return batch_size_of(first)
 
 
 @torch.no_grad()
-def validate(valid_loader, model, method, device, opt=None) -> dict:
-    """Validation in eval mode under no_grad: mean loss, per-step losses, and the method's metrics."""
+def evaluation_pass(data, model, step, device, opt, desc: str = "eval", progress: bool | None = None) -> dict:
+    """Run ``step(model, batch, indices)`` over every batch in eval mode, under no_grad and autocast.
+
+    ``data``: a data set (read in order, batch_size_valid) or a DataLoader that does not shuffle;
+    ``indices`` are the items' positions in it. ``step`` returns a dict of tensors: those with a batch
+    axis are concatenated over the pass (per item), 0-dim ones are stacked (per batch) and come with
+    ``batch_size``. Random draws inside the pass (augmented views, MAE masks) start from ``opt.seed``
+    every time, so passes are comparable between epochs, and the training RNG is left untouched.
+    """
+    loader = data if isinstance(data, DataLoader) else make_loader(data, opt.batch_size_valid, False,
+                                                                   opt.num_workers, seed=opt.seed)
+    amp_dtype = autocast_dtype(opt, device)
+    outputs: dict[str, list] = {"batch_size": []}
+    was_training = model.training
     model.eval()
-    step_losses = []
-    extras: dict[str, AverageMeter] = {}
-    amp_dtype = autocast_dtype(opt, device) if opt is not None else None
-    for batch in tqdm(valid_loader, desc="valid", leave=False, disable=None) if valid_loader else []:
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            loss, scalars = method.loss(model, to_device(batch, device))
-        step_losses.append(loss.item())
-        for name, value in scalars.items():
-            extras.setdefault(name, AverageMeter()).update(as_float(value))
-    steps = np.asarray(step_losses, dtype=np.float64)
-    metrics = {name: meter.avg for name, meter in extras.items()}
-    if steps.size:
-        metrics["loss"] = float(steps.mean())
-    metrics.update(method.validation_metrics(model, device))
-    model.train()
+    offset = 0
+    devices = list(range(torch.cuda.device_count())) if device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(opt.seed)
+            for batch in tqdm(loader, desc=desc, leave=False, disable=True if progress is False else None):
+                count = batch_size_of(batch)
+                indices = torch.arange(offset, offset + count)
+                offset += count
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    values = step(model, to_device(batch, device), indices)
+                outputs["batch_size"].append(torch.tensor(count))
+                for name, value in values.items():
+                    outputs.setdefault(name, []).append(value.detach().cpu())
+    finally:
+        model.train(was_training)
+    return {name: (torch.stack(parts) if parts[0].dim() == 0 else torch.cat(parts)) if parts else torch.zeros(0)
+            for name, parts in outputs.items()}
+
+
+def validate(valid_loader, model, method, device, opt) -> dict:
+    """Validation: the method's metrics from evaluation passes, and the per-step losses for the curves."""
+    def run(data, step, desc="valid"):
+        return evaluation_pass(data, model, step, device, opt, desc)
+
+    metrics, steps = method.validation(model, run, valid_loader)
+    steps = np.asarray(steps, dtype=np.float64)
     return {"metrics": metrics, "loss_step": steps,
             "loss_avg": np.cumsum(steps) / np.arange(1, steps.size + 1) if steps.size else steps}
+
+
+# ---- the epoch driver -------------------------------------------------------------------------------
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed every generator is reset to at the start of ``epoch`` (so a resumed run draws the same)."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch, numpy and Python's random."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def monitor_of(opt, method) -> tuple[str, str]:
+    """(metric that picks best.pth, 'min' or 'max'): the option or the method's default, direction declared."""
+    name = opt.monitor or method.monitor
+    return name, method.direction(name)
+
+
+def is_better(value: float, best: float | None, mode: str) -> bool:
+    """Whether ``value`` beats ``best`` under ``mode``."""
+    return best is None or (value > best if mode == "max" else value < best)
+
+
+class Run:
+    """The pieces of one training run that the epoch driver works with."""
+
+    def __init__(self, opt, method, model, optimizer, scaler, device, train_loader, valid_loader, folder, log):
+        self.opt, self.method, self.model, self.optimizer, self.scaler = opt, method, model, optimizer, scaler
+        self.device, self.train_loader, self.valid_loader = device, train_loader, valid_loader
+        self.folder, self.log = folder, log
+
+
+def fit(run: Run, resume: bool = False, resume_hint: str = "") -> dict:
+    """Train ``run`` from epoch 1 (or after its last.pth): checkpoints, curves, TensorBoard; return metrics.json."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    opt, method, model, optimizer, log, folder = run.opt, run.method, run.model, run.optimizer, run.log, run.folder
+    monitor = monitor_of(opt, method)
+    train_h5, valid_h5 = os.path.join(folder, "losses_train.h5"), os.path.join(folder, "losses_valid.h5")
+    start_epoch, step, best, init_metrics = 1, 0, {"metric": monitor[0], "value": None, "epoch": None}, {}
+    if resume:
+        path = os.path.join(folder, "last.pth")
+        state = restore_training_state(path, model, optimizer, run.scaler, opt.optimizer,
+                                       steps_per_epoch=len(run.train_loader))
+        start_epoch, step = state["epoch"] + 1, state["step"]
+        best, init_metrics = state.get("best") or best, state.get("init_metrics") or {}
+        for curve in (train_h5, valid_h5):
+            curves.truncate_after(curve, state["epoch"])
+        log(f"resuming {folder} after epoch {state['epoch']}")
+    write_options(folder, opt.to_dict())
+    writer = SummaryWriter(os.path.join(folder, "tb"), purge_step=step if resume else None)
+    log(f"training {opt.method} / {opt.model} on {run.device} "
+        f"({sum(p.numel() for p in model.parameters()):,} parameters) into {folder}")
+
+    if start_epoch == 1 and run.valid_loader is not None:
+        init_metrics = validate(run.valid_loader, model, method, run.device, opt)["metrics"]
+        curves.append_epoch(valid_h5, 0, {f"{k}_valid": v for k, v in init_metrics.items()})
+        log("at initialisation: " + ", ".join(f"{k} {v:.4f}" for k, v in init_metrics.items()))
+
+    last_valid, last_train_loss = dict(init_metrics), None
+    try:
+        for epoch in range(start_epoch, opt.epochs + 1):
+            seed = epoch_seed(opt.seed, epoch)
+            seed_everything(seed)
+            run.train_loader.generator.manual_seed(seed)
+            adjust_learning_rate(opt, optimizer, epoch)
+            result = train_model(run.train_loader, model, method, optimizer, epoch, opt, device=run.device,
+                                 scaler=run.scaler, log=log, writer=writer, first_step=step)
+            step += result.steps
+            lr = optimizer.param_groups[0]["lr"]
+            last_train_loss = result.loss
+            scalars = {"loss_train": result.loss, "lr": lr, **{f"{k}_train": v for k, v in result.extras.items()}}
+            curves.append_epoch(train_h5, epoch, scalars, {"loss_step_train": result[1], "loss_avg_train": result[2]})
+            writer.add_scalar("loss/train", result.loss, epoch)
+            writer.add_scalar("lr", lr, epoch)
+            summary = f"epoch {epoch}/{opt.epochs}: train loss {result.loss:.4f}, lr {lr:.5g}"
+
+            improved = False
+            if run.valid_loader is not None and (epoch % opt.valid_freq == 0 or epoch == opt.epochs):
+                valid = validate(run.valid_loader, model, method, run.device, opt)
+                last_valid = valid["metrics"]
+                curves.append_epoch(valid_h5, epoch, {f"{k}_valid": v for k, v in last_valid.items()},
+                                    {"loss_step_valid": valid["loss_step"], "loss_avg_valid": valid["loss_avg"]})
+                for name, value in last_valid.items():
+                    writer.add_scalar(f"{name}/valid", value, epoch)
+                summary += ", valid " + ", ".join(f"{k} {v:.4f}" for k, v in last_valid.items())
+                value = last_valid.get(monitor[0])
+                if value is not None and is_better(value, best["value"], monitor[1]):
+                    best, improved = {"metric": monitor[0], "value": value, "epoch": epoch}, True
+                method.figures(model, run.device, os.path.join(folder, "figures"), epoch)
+            elif run.valid_loader is None and is_better(result.loss, best["value"], "min"):
+                best, improved = {"metric": "loss_train", "value": result.loss, "epoch": epoch}, True
+
+            state = checkpoint_state(model, optimizer, run.scaler, epoch, step, opt, best, init_metrics)
+            save_checkpoint(os.path.join(folder, "last.pth"), state)
+            if improved:
+                save_checkpoint(os.path.join(folder, "best.pth"), state)
+            if epoch % opt.save_freq == 0:
+                save_checkpoint(os.path.join(folder, f"ckpt_epoch_{epoch}.pth"), state)
+            log(summary)
+            writer.flush()
+    except KeyboardInterrupt:
+        log(f"interrupted; continue with: {resume_hint or 'the same command'} --resume")
+        raise
+    finally:
+        writer.close()
+    if os.path.isfile(train_h5):
+        from nenya.plots.curves import training_plots
+        training_plots(folder, opt.dpi)
+    metrics = write_metrics(folder, opt.method, monitor, best, init_metrics, last_valid, last_train_loss,
+                            opt.epochs)
+    log(f"done: best {best['metric']} {best['value']} at epoch {best['epoch']}; files in {folder}")
+    return metrics

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-import nenya.train as train_module
+import nenya.train_util as train_module
 from nenya.train import cli as train_cli
 from nenya.train import main as train_main
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from nenya.schema import LEGACY_KEYS, OPTIONS
+from nenya.options import LEGACY_KEYS, OPTIONS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = os.path.join(ROOT, "docs")

@@ -13,11 +13,10 @@ from nenya.data.hdf5 import HDF5Images
 from nenya.data.synthetic import make_hyperspectral
 from nenya.evaluate import cli as evaluate_cli
 from nenya.evaluate import evaluate_run
-from nenya.features import extract_features
-from nenya.metrics import knn_accuracy
-from nenya.runs import load_run
+from nenya.metrics.knn import knn_accuracy
+from nenya.evaluate import load_run
 from nenya.train import main as train_main
-from test_mae_method import BANDS, SIZE, mae_opts
+from test_methods_mae import BANDS, SIZE, mae_opts
 
 FIGURES = ("mae_reconstruction.png", "mae_band_mse.png", "mae_spectra.png")
 
@@ -100,7 +99,9 @@ def test_evaluate_of_a_simclr_run_is_the_loss_and_leave_one_out_knn(tiny_run):
     assert set(record["metrics"]) == {"loss", "knn_acc_loo"} and record["metrics"]["loss"] > 0
     opt, method, model = load_run(str(folder))
     plain = HDF5Images(str(folder.parent.parent / "images.h5"), "valid")
-    features, labels = extract_features(model.encode, plain, 8, torch.device("cpu"))
+    with torch.no_grad():  # a direct forward pass of every un-augmented validation image
+        features = model.eval().encode(torch.stack([plain[i][0] for i in range(len(plain))]))
+    labels = torch.as_tensor(plain.labels)
     expected = knn_accuracy(features, labels, features, labels, opt.knn_k, exclude_self=True)
     assert record["metrics"]["knn_acc_loo"] == pytest.approx(expected)
     assert (folder / "eval" / "eval_metrics.json").exists() and (folder / "eval" / "embedding.png").exists()

@@ -9,7 +9,7 @@ import torch
 
 from conftest import NENYA_OPTS, write_images_h5
 from nenya.train import main as train_main
-from test_mae_method import mae_opts
+from test_methods_mae import mae_opts
 
 
 
@@ -27,7 +27,7 @@ def test_original_nenya_opts_file_runs_unchanged(tmp_path, monkeypatch):
 
 
 def test_overfit_batches_trains_and_validates_on_the_first_batches(tmp_path):
-    opts = mae_opts(tmp_path, overfit_batches=1, epochs=3, cube_flip=False, cube_rot90=False, mask_ratio=0.5)
+    opts = mae_opts(tmp_path, overfit_batches=1, epochs=3, flip=False, cube_rot90=False, mask_ratio=0.5)
     train_main(opts, verbose=False)
     with h5py.File(tmp_path / "models" / "mae" / "losses_train.h5") as handle:
         assert handle["loss_step_train"].shape == (3,)  # one batch of 4 per epoch

@@ -64,3 +64,48 @@ def test_dry_run_writes_nothing(tiny_run, capsys):
                                        __import__("nenya.models", fromlist=["x"]).build_model(
                                            "resnet18", nchannels=1, feat_dim=16).parameters())
     assert not folder.exists()
+
+
+@pytest.mark.parametrize("order", [["--dry-run", "epochs=5", "batch_size_train=8"],
+                                   ["epochs=5", "--dry-run", "batch_size_train=8"],
+                                   ["epochs=5", "batch_size_train=8", "--dry-run"]])
+def test_flags_and_overrides_in_any_order(tiny_run, capsys, order):
+    from nenya.train import cli
+    opts, folder = tiny_run
+    assert cli([opts, *order]) == 0
+    captured = capsys.readouterr()
+    printed = captured.err + captured.out
+    assert '"epochs": 5' in printed and '"batch_size_train": 8' in printed
+    assert not folder.exists()
+
+
+def test_a_monitor_direction_is_the_one_its_method_declares(tiny_run, capsys):
+    from nenya.methods.base import Method
+    from nenya.methods.mae import MAE
+    from nenya.params import Params
+    from nenya.train import cli
+    from nenya.train_util import monitor_of
+
+    class Dice(Method):
+        name = "dice"
+        metrics = {"loss": "min", "loss_dice": "max", "dice": "max"}
+        monitor = "dice"
+
+        def build_criterion(self):
+            return torch.nn.Identity()
+
+    assert monitor_of(Params({"monitor": "loss_dice"}), Dice(Params({}))) == ("loss_dice", "max")
+    assert monitor_of(Params({}), Dice(Params({}))) == ("dice", "max")
+    assert MAE.direction("psnr_masked") == "max" and MAE.direction("loss_mse") == "min"
+    opts, folder = tiny_run
+    assert cli([opts, "monitor=loss_dice"]) == 2
+    err = capsys.readouterr().err
+    assert "'monitor' is 'loss_dice', which method 'simclr' does not report" in err and "knn_acc" in err
+    assert "Traceback" not in err
+
+
+def test_every_reported_metric_has_a_declared_direction(tiny_run):
+    from nenya.methods.contrastive import SimCLR
+    opts, folder = tiny_run
+    metrics = train_main(opts, overrides={"epochs": 1, "monitor": "loss"}, verbose=False)
+    assert set(metrics["final"]) <= set(SimCLR.metrics) and metrics["mode"] == "min"

@@ -5,15 +5,15 @@ import pytest
 import torch
 from torch import nn
 
-from nenya import curves
-from nenya.lars import LARS
-from nenya.params import option_preprocess, validate
+from nenya.io import curves
+from nenya.train_util import LARS
+from nenya.params import Params, option_preprocess
 from nenya.train_util import (AverageMeter, adjust_learning_rate, epoch_learning_rate, set_optimizer,
                               warmup_learning_rate)
 
 
 def _opt(**values):
-    return option_preprocess(validate(values))
+    return option_preprocess(Params(values))
 
 
 def test_cosine_schedule_by_hand():
@@ -128,4 +128,4 @@ def test_gradient_accumulation_equals_the_larger_batch():
     accumulated, result = _one_epoch(_opt(epochs=1, accumulate_grad_batches=2), 8, data)
     for a, b in zip(big.parameters(), accumulated.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    assert result["steps"] == 4 and "abs" in result["extras"]
+    assert result.steps == 4 and "abs" in result.extras

@@ -1,17 +1,17 @@
-"""Built-in data sets that are made locally, with no download."""
+"""Built-in data sets made locally with no download (``images_file: "builtin:NAME"``), and where a run's data is."""
 
 import os
 
-import h5py
 import numpy as np
 
-from nenya.atomic import atomic_path
-from nenya.data.synthetic import write_hyperspectral_h5
 from nenya.errors import NenyaError
+from nenya.io.atomic import write_h5
+from nenya.registry import BUILTIN_DATA, register_builtin
 
 PREFIX = "builtin:"
 
 
+@register_builtin("digits")
 def write_digits_h5(path, valid_fraction=0.2, seed=0):
     """Write scikit-learn's 8x8 digits in Nenya's layout (train/valid, 1 channel, values in [0, 1])."""
     from sklearn.datasets import load_digits
@@ -33,19 +33,7 @@ def write_digits_h5(path, valid_fraction=0.2, seed=0):
         "valid_fraction": float(valid_fraction),
         "split_seed": int(seed),
     }
-    _write_atomically(os.fspath(path), arrays, attrs)
-    return os.fspath(path)
-
-
-def _write_atomically(path, arrays, attrs):
-    """Write datasets and file attributes to a temporary file beside `path`, then move it into place."""
-    with atomic_path(path) as temporary, h5py.File(temporary, "w") as f:
-        for name, array in arrays.items():
-            f.create_dataset(name, data=array)
-        f.attrs.update(attrs)
-
-
-BUILTIN_DATASETS = {"digits": write_digits_h5, "hyperspectral": write_hyperspectral_h5}
+    return write_h5(os.fspath(path), arrays, attrs)
 
 
 def resolve_builtin(images_file, data_folder):
@@ -53,13 +41,28 @@ def resolve_builtin(images_file, data_folder):
     if not images_file.startswith(PREFIX):
         return None
     name = images_file[len(PREFIX):].strip()
-    writer = BUILTIN_DATASETS.get(name)
+    writer = BUILTIN_DATA.get(name)
     if writer is None:
-        known = ", ".join(f"{PREFIX}{key}" for key in sorted(BUILTIN_DATASETS))
+        known = ", ".join(f"{PREFIX}{key}" for key in sorted(BUILTIN_DATA))
         raise NenyaError(f"images_file={images_file} is not a built-in data set; known ones: {known}")
     path = os.path.join(data_folder, f"nenya_{name}.h5")
     if not os.path.exists(path):
         if data_folder:
             os.makedirs(data_folder, exist_ok=True)
         writer(path)
+    return path
+
+
+def images_path(opt) -> str:
+    """The HDF5 file the options point to; a NenyaError when it is not given or does not exist."""
+    if not opt.images_file:
+        raise NenyaError(f"option 'images_file' is required for {opt.method}: an HDF5 file under "
+                         f"data_folder, or builtin:digits")
+    builtin = resolve_builtin(opt.images_file, opt.data_folder)
+    if builtin is not None:
+        return builtin
+    path = os.path.join(opt.data_folder, opt.images_file)
+    if not os.path.isfile(path):
+        raise NenyaError(f"images_file {path} does not exist (option 'images_file' under data_folder "
+                         f"'{opt.data_folder}')")
     return path

@@ -5,6 +5,8 @@ import os
 import numpy as np
 
 from nenya.errors import NenyaError
+from nenya.io.atomic import write_h5
+from nenya.registry import register_builtin
 
 # Sharpness of the softmax over endmember fields: higher gives purer, more patch-like regions.
 _SHARPNESS = 3.0
@@ -65,10 +67,9 @@ def make_hyperspectral(n, bands=30, size=64, endmembers=4, noise=0.01, seed=0):
     return cubes
 
 
+@register_builtin("hyperspectral")
 def write_hyperspectral_h5(path, n_train=256, n_valid=64, bands=30, size=64, seed=0, endmembers=4, noise=0.01):
     """Write synthetic cubes as `train`/`valid` (N, C, H, W) in Nenya's layout, atomically, with model attrs."""
-    from nenya.data.builtin import _write_atomically
-
     if n_train < 1 or n_valid < 1:
         raise NenyaError(f"n_train={n_train}, n_valid={n_valid} are invalid; use at least one cube in each")
     cubes = make_hyperspectral(n_train + n_valid, bands, size, endmembers, noise, seed)
@@ -84,5 +85,4 @@ def write_hyperspectral_h5(path, n_train=256, n_valid=64, bands=30, size=64, see
         "seed": int(seed),
         "endmember_spectra": endmember_spectra(bands, endmembers, seed),
     }
-    _write_atomically(os.fspath(path), arrays, attrs)
-    return os.fspath(path)
+    return write_h5(os.fspath(path), arrays, attrs)

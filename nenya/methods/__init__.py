@@ -1,12 +1,14 @@
-"""The method registry: ``ssl_method`` name -> Method class (one file per method family)."""
+"""The training methods, one file per family, registered by name in :mod:`nenya.registry`."""
 
+from nenya.errors import NenyaError
+from nenya.methods import contrastive, mae  # noqa: F401  (importing a method file registers it)
 from nenya.methods.base import Method
-from nenya.methods.contrastive import SimCLR, SupCon
-from nenya.methods.mae import MAE
-
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (SimCLR, SupCon, MAE)}
+from nenya.registry import METHODS, UnknownName, lookup
 
 
 def get_method(opt) -> Method:
-    """The Method object for ``opt.ssl_method`` (options already validated)."""
-    return METHODS[opt.ssl_method](opt)
+    """The Method object for ``opt.method`` (options already validated)."""
+    try:
+        return lookup(METHODS, opt.method, "method")(opt)
+    except UnknownName as err:
+        raise NenyaError(str(err)) from None

@@ -1,80 +1,86 @@
-"""The interface every training method implements; the shared loop calls nothing else."""
+"""The interface every training method implements; the shared loop in train_util calls nothing else.
 
-import os
+A method says how a batch becomes a loss (``loss``), which model, criterion and data it uses, what one
+evaluation batch contributes (``eval_step``) and how those contributions become metrics
+(``summarize``), and which figures it draws. It never iterates a loader itself: the loop's one
+evaluation pass (``run(data, step)``, handed to ``validation`` and ``evaluation``) does.
+"""
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from nenya.errors import NenyaError
-from nenya.params import Params
-from nenya.train_util import to_device
 
 
 class Method:
     """How a batch becomes a loss, which data and model a method uses, and its metrics and figures."""
 
     name = ""
-    monitor = ("loss", "min")  # (validation metric that picks best.pth, "min" or "max")
+    metrics = {"loss": "min"}  # every metric the method reports -> "min" or "max" (lower or higher is better)
+    monitor = "loss"  # the metric that picks best.pth unless the monitor option names another
 
     def __init__(self, opt):
         self.opt = opt
+        self.criterion = self.build_criterion()
+        self._datasets = None
+
+    @classmethod
+    def direction(cls, metric: str) -> str:
+        """'min' or 'max' for a metric this method reports; a NenyaError for any other name."""
+        if metric not in cls.metrics:
+            raise NenyaError(f"option 'monitor' is '{metric}', which method '{cls.name}' does not report; "
+                             f"choose from: {', '.join(cls.metrics)}")
+        return cls.metrics[metric]
+
+    def build_criterion(self) -> nn.Module:
+        """The loss module (``criterion`` in Nenya's API)."""
+        raise NotImplementedError
 
     def build_model(self) -> nn.Module:
         """The network this method trains."""
         raise NotImplementedError
 
     def build_datasets(self):
-        """(train dataset, validation dataset or None), each item already augmented for this method."""
+        """(train dataset, validation dataset or None), each item already prepared for this method."""
         raise NotImplementedError
 
     def loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict]:
-        """The loss of one batch (already on the device) and any extra scalars to log."""
+        """The loss of one training batch (already on the device) and any extra scalars to log."""
         raise NotImplementedError
 
-    def validation_metrics(self, model: nn.Module, device: torch.device) -> dict:
-        """Metrics beyond the validation loss, computed in eval mode under no_grad (default: none)."""
-        return {}
+    def eval_step(self, model: nn.Module, batch, indices: torch.Tensor) -> dict:
+        """What one evaluation batch contributes: by default its loss and extra scalars (0-dim, per batch)."""
+        loss, scalars = self.loss(model, batch)
+        return {"loss": loss.float(), **{name: torch.as_tensor(value, dtype=torch.float32)
+                                         for name, value in scalars.items()}}
+
+    def summarize(self, outputs: dict) -> dict:
+        """Metrics from an evaluation pass: by default the batch-size-weighted mean of each per-batch scalar."""
+        sizes = outputs["batch_size"].double()
+        return {name: float((values.double() * sizes).sum() / sizes.sum())
+                for name, values in outputs.items() if name != "batch_size" and values.dim() == 1
+                and values.shape == sizes.shape and sizes.sum() > 0}
+
+    def validation(self, model: nn.Module, run, valid_data) -> tuple[dict, list]:
+        """(metrics, per-batch losses) of one validation; ``run(data, step)`` is the loop's evaluation pass."""
+        outputs = run(valid_data, self.eval_step)
+        return self.summarize(outputs), outputs["loss"].tolist() if "loss" in outputs else []
 
     def figures(self, model: nn.Module, device: torch.device, folder: str, epoch: int) -> None:
         """Write the method's figures for this epoch into ``folder`` (default: none)."""
 
     def eval_dataset(self, path: str | None = None, key: str | None = None):
-        """The data ``evaluate`` runs on, prepared as for validation (used by ``python -m nenya.evaluate``).
+        """The items ``nenya.evaluate`` and ``nenya.latents`` run on, prepared as validation prepares them.
 
         ``path``: an HDF5 file in Nenya's layout (default: the run's own data); ``key``: its dataset
-        (default: ``valid_key``). Default: the validation set ``build_datasets`` makes from those.
+        (default: ``valid_key``).
         """
-        values = self.opt.to_dict()
-        key = key if key is not None else values.get("valid_key")
-        if key is None:
-            raise NenyaError("the run has no valid_key; pass --key to name the dataset to evaluate")
-        if path is not None:
-            if not os.path.isfile(path):
-                raise NenyaError(f"data file {path} does not exist (--data)")
-            values.update(images_file=os.path.abspath(path), data_folder="")
-        values.update(train_key=key, valid_key=key)
-        return type(self)(Params(values)).build_datasets()[1]
+        raise NotImplementedError
 
-    def evaluate(self, model: nn.Module, dataset, device: torch.device, folder: str) -> dict:
-        """Metrics of ``model`` on ``dataset`` (from ``eval_dataset``), figures into ``folder``; eval mode, no_grad.
+    def evaluation(self, model: nn.Module, run, dataset, folder: str) -> dict:
+        """Metrics of ``model`` on ``dataset`` (from ``eval_dataset``), figures into ``folder``."""
+        return self.summarize(run(dataset, self.eval_step))
 
-        Default: the mean loss and the means of the loss's extra scalars, per item; methods add their own
-        metrics (and figures) by overriding it.
-        """
-        loader = DataLoader(dataset, batch_size=self.opt.batch_size_valid, shuffle=False,
-                            num_workers=self.opt.num_workers)
-        sums, items = {}, 0
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                for batch in loader:
-                    count = len(batch[0]) if isinstance(batch, (list, tuple)) else len(batch)
-                    loss, scalars = self.loss(model, to_device(batch, device))
-                    for name, value in {"loss": loss, **scalars}.items():
-                        sums[name] = sums.get(name, 0.0) + float(value) * count
-                    items += count
-        finally:
-            model.train(was_training)
-        return {name: total / items for name, total in sums.items()} if items else {}
+    def embed_step(self, model: nn.Module, batch, indices: torch.Tensor, encoder: bool = False) -> dict:
+        """Embeddings of one batch of ``eval_dataset`` items: ``{"latents": [B, D]}``."""
+        raise NotImplementedError(f"method '{self.name}' makes no embeddings")

@@ -1,39 +1,21 @@
-"""Model registry: every model family registers its builders here under a name."""
-
-import difflib
-from typing import Callable
+"""The model families (one file each, plain torch), registered by name in :mod:`nenya.registry`."""
 
 from torch import nn
 
 from nenya.errors import NenyaError
-
-MODEL_BUILDERS: dict[str, Callable[..., nn.Module]] = {}
-
-
-def register_model(*names: str) -> Callable:
-    """Decorator that registers a model builder under each of `names`."""
-
-    def register(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        for name in names:
-            if name in MODEL_BUILDERS:
-                raise ValueError(f"model name {name!r} is already registered")
-            MODEL_BUILDERS[name] = builder
-        return builder
-
-    return register
+from nenya.models import mae_spectral, resnet_big  # noqa: F401  (importing a model file registers it)
+from nenya.registry import MODELS, UnknownName, lookup
 
 
 def build_model(name: str, **kwargs) -> nn.Module:
-    """Build the registered model called `name`, passing `kwargs` to its builder."""
-    if name not in MODEL_BUILDERS:
-        close = difflib.get_close_matches(name, MODEL_BUILDERS, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise NenyaError(
-            f"unknown model {name!r}{hint} (choose from: {', '.join(sorted(MODEL_BUILDERS))})"
-        )
-    return MODEL_BUILDERS[name](**kwargs)
+    """Build the registered model called ``name``, passing ``kwargs`` to its builder."""
+    try:
+        builder = lookup(MODELS, name, "model")
+    except UnknownName as err:
+        raise NenyaError(str(err)) from None
+    return builder(**kwargs)
 
 
-# Importing a model module registers its builders; these imports must stay below the registry.
-from nenya.models import resnet_big  # noqa: E402,F401
-from nenya.models import mae_spectral  # noqa: E402,F401
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare model inside DataParallel / DistributedDataParallel."""
+    return getattr(model, "module", model)

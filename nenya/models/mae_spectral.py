@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from nenya.errors import NenyaError
-from nenya.models import build_model, register_model
+from nenya.registry import MODELS, register_model
 
 
 def sincos_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
@@ -278,5 +278,5 @@ for _name in MAE_SIZES:
 def mae_parameter_count(name: str, **kwargs) -> int:
     """Number of parameters of model `name`, counted on the meta device without allocating it."""
     with torch.device("meta"):
-        model = build_model(name, **kwargs)
+        model = MODELS[name](**kwargs)
     return sum(p.numel() for p in model.parameters())

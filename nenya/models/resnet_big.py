@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nenya.errors import NenyaError
-from nenya.models import register_model
+from nenya.registry import register_model
 from nenya.models.heads import projection_head
 
 

@@ -1,0 +1,116 @@
+"""Hyperspectral cubes listed in a CSV (one HDF5 file per cube)."""
+
+import csv
+import os
+
+import h5py
+import torch
+from torch.utils.data import Dataset
+
+from nenya.data.hdf5 import _dataset_names, checked_index
+from nenya.errors import NenyaError
+
+
+class CubeCSV(Dataset):
+    """Cubes (C, H, W) stored under `key`, one HDF5 file per row of a CSV with columns `path` and optional `split`."""
+
+    def __init__(self, csv_path, split=None, key="cube", transform=None, normalize=None):
+        self.path = os.fspath(csv_path)
+        self.key = key
+        self.split = split
+        self.transform = transform
+        self.normalize = normalize
+        self.files = _read_cube_list(self.path, split)
+        bands, height, width = self._cube_shape(self.files[0])
+        self.stored_shape = (len(self.files), bands, height, width)
+
+    @property
+    def image_shape(self):
+        """Shape (C, H, W) of the first listed cube, before normalisation and transforms."""
+        return self.stored_shape[1:]
+
+    @property
+    def has_labels(self):
+        """Always False: CSV-listed cubes carry no labels."""
+        return False
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, index):
+        index = checked_index(index, len(self), "cubes")
+        path = self.files[index]
+        with _open(path) as f:
+            node = self._node(f, path, bands=self.stored_shape[1])
+            cube = torch.tensor(node[()], dtype=torch.float32)
+        if self.normalize is not None:
+            cube = self.normalize(cube)
+        if self.transform is not None:
+            cube = self.transform(cube)
+        return cube, torch.tensor(-1, dtype=torch.int64)
+
+    def _cube_shape(self, path):
+        """The (C, H, W) shape of the cube in `path`, checking its key and rank."""
+        with _open(path) as f:
+            return tuple(self._node(f, path).shape)
+
+    def _node(self, f, path, bands=None):
+        """The cube dataset in open file `f` (with `bands` bands if given), or NenyaError naming what is wrong."""
+        node = f.get(self.key)
+        if not isinstance(node, h5py.Dataset):
+            names = _dataset_names(f)
+            raise NenyaError(
+                f"{path} (listed in {self.path}) has no dataset '{self.key}'; it has: "
+                f"{', '.join(names) or 'no datasets'}"
+            )
+        if node.ndim != 3:
+            raise NenyaError(f"{path}:{self.key} has shape {node.shape}; expected one cube (C, H, W)")
+        if bands is not None and node.shape[0] != bands:
+            raise NenyaError(
+                f"{path}:{self.key} has {node.shape[0]} bands (shape {node.shape}) but {self.files[0]} has "
+                f"{bands}; every cube listed in {self.path} needs the same band count"
+            )
+        return node
+
+
+def _read_cube_list(csv_path, split):
+    """Absolute cube file paths listed in `csv_path`, keeping rows of `split` when given."""
+    if not os.path.isfile(csv_path):
+        raise NenyaError(f"cube list {csv_path} does not exist")
+    folder = os.path.dirname(os.path.abspath(csv_path))
+    with open(csv_path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        columns = [name.strip() for name in reader.fieldnames or []]
+        if "path" not in columns:
+            raise NenyaError(
+                f"{csv_path} has no 'path' column; its columns are: {', '.join(columns) or 'none'} "
+                f"(the header needs 'path' and optionally 'split')"
+            )
+        if split is not None and "split" not in columns:
+            raise NenyaError(f"split={split} was asked for but {csv_path} has no 'split' column")
+        rows = []
+        for row in reader:
+            row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
+            if not row["path"]:
+                raise NenyaError(f"{csv_path} line {reader.line_num} has an empty 'path'")
+            rows.append(row)
+    if split is not None:
+        present = sorted({row["split"] for row in rows})
+        rows = [row for row in rows if row["split"] == split]
+        if not rows:
+            raise NenyaError(f"split={split} is not in {csv_path}; its splits are: {', '.join(present) or 'none'}")
+    if not rows:
+        raise NenyaError(f"{csv_path} lists no cubes; add rows with a 'path' to one HDF5 file each")
+    files = [os.path.join(folder, row["path"]) for row in rows]
+    for path in files:
+        if not os.path.isfile(path):
+            raise NenyaError(f"cube file {path} (listed in {csv_path}) does not exist")
+    return files
+
+
+def _open(path):
+    """Open an HDF5 file for reading, or NenyaError naming it."""
+    try:
+        return h5py.File(path, "r")
+    except OSError as err:
+        raise NenyaError(f"{path} is not a readable HDF5 file ({err})") from None

@@ -1,0 +1,103 @@
+"""Options every method reads: what to train, optimisation, data loading, monitoring and the run."""
+
+from nenya.options.base import CONTRASTIVE, MAE, Option
+
+IMAGES = CONTRASTIVE  # methods that read 2-D images with Nenya's image augmentations
+
+# Keys of the original Nenya opts files that training does not use: accepted with a warning.
+LEGACY_KEYS = {
+    "sensor": "the sensor name is metadata only",
+    "s3_bucket": "nenya reads and writes local files only",
+    "s3_outdir": "nenya reads and writes local files only",
+    "eval_root": "evaluation paths are given to nenya.evaluate / nenya.latents",
+    "latents_folder": "latents paths are given to nenya.latents",
+    "modis_data": "data come from images_file",
+    "nenya_data": "data come from images_file",
+    "model_folder": "the run folder is model_root/model_name",
+}
+
+OPTIONS = [
+    # what to train
+    Option("method", "str", "simclr",
+           "training method, a name from the method registry (Nenya's ssl_method, and its 'SimCLR' and "
+           "'SupCon', are accepted as written)", section="method"),
+    Option("model", "str", "resnet18", "architecture name from the model registry (Nenya's ssl_model is "
+           "accepted as written)", section="method"),
+    Option("nchannels", "int", 1, "channels per input image (bands of a cube); must match the data",
+           section="method"),
+    # optimisation
+    Option("optimizer", "str", "sgd", "optimizer; lars adapts per-layer rates for large-batch SimCLR",
+           choices=("sgd", "adam", "adamw", "lars"), section="optimisation"),
+    Option("learning_rate", "float", 0.05, "base learning rate (derived from blr when blr is set)",
+           section="optimisation"),
+    Option("momentum", "float", 0.9, "SGD/LARS momentum", section="optimisation"),
+    Option("weight_decay", "float", 1e-4, "weight decay (not applied to biases and norms with lars and adamw)",
+           section="optimisation"),
+    Option("cosine", "bool", False, "cosine learning-rate decay per epoch down to learning_rate * lr_decay_rate**3",
+           section="optimisation"),
+    Option("lr_decay_rate", "float", 0.1, "factor of each step decay; also sets the cosine floor",
+           section="optimisation"),
+    Option("lr_decay_epochs", "int_list", [700, 800, 900],
+           "epochs after which the step schedule multiplies the rate by lr_decay_rate (list or '700,800,900')",
+           section="optimisation"),
+    Option("warm", "bool", False, "linear warm-up from warmup_from over warm_epochs (forced on above batch 256)",
+           section="optimisation"),
+    Option("warm_epochs", "int", 10, "epochs of warm-up when warm is on", section="optimisation"),
+    Option("warmup_from", "float", 0.01, "learning rate at the start of warm-up", section="optimisation"),
+    Option("warmup_to", "float", None, "learning rate at the end of warm-up", nullable=True, derived=True,
+           section="optimisation"),
+    Option("lr_min", "float", None, "cosine floor, learning_rate * lr_decay_rate**3", nullable=True, derived=True,
+           section="optimisation"),
+    Option("schedule", "str", "epoch",
+           "learning-rate schedule: Nenya's per-epoch cosine/step (+ warm), or per-iteration linear warm-up over "
+           "warm_epochs then cosine to lr_min (MAE)", choices=("epoch", "iter_cosine"), section="optimisation"),
+    Option("blr", "float", None, "base rate: when set, learning_rate = blr * effective batch / 256", nullable=True,
+           section="optimisation"),
+    Option("betas", "float_list", [0.9, 0.999], "Adam/AdamW betas", section="optimisation"),
+    Option("accumulate_grad_batches", "int", 1, "batches whose gradients add up before each optimizer step",
+           section="optimisation"),
+    Option("amp", "str", "none", "mixed precision on CUDA: bf16 autocast, or fp16 autocast with a gradient "
+           "scaler (ignored on the CPU)", choices=("none", "bf16", "fp16"), section="optimisation"),
+    Option("epochs", "int", 100, "number of training epochs", section="optimisation"),
+    Option("batch_size_train", "int", 64, "training batch size (per process)", section="optimisation"),
+    Option("batch_size_valid", "int", 64, "validation batch size", section="optimisation"),
+    # data
+    Option("data_folder", "str", "./", "folder that holds images_file", section="data"),
+    Option("images_file", "str", None, "HDF5 file in Nenya's layout, or builtin:digits / builtin:hyperspectral",
+           nullable=True, section="data"),
+    Option("train_key", "str", "train", "HDF5 dataset of training images", section="data"),
+    Option("valid_key", "str", "valid", "HDF5 dataset of validation images (null: no validation)", nullable=True,
+           section="data"),
+    Option("preload", "bool", False, "read the whole image datasets into memory at start", section="data"),
+    Option("num_workers", "int", 0, "DataLoader worker processes", section="data"),
+    Option("overfit_batches", "int", 0, "debug: train and validate on the first N training batches only (0 = off)",
+           section="data"),
+    # augmentation
+    Option("random_cropjitter", "int_list", None, "[crop, jitter]: random crop around the centre, resized back",
+           IMAGES, nullable=True, section="augmentation"),
+    Option("flip", "bool", False, "random horizontal and vertical flips (images and cubes)", IMAGES + MAE,
+           section="augmentation"),
+    Option("rotate", "bool", False, "random rotation by any angle", IMAGES, section="augmentation"),
+    Option("gauss_noise", "float", 0.0, "standard deviation of added Gaussian noise (0 = off)", IMAGES,
+           section="augmentation"),
+    Option("demean", "bool", False, "subtract each image's mean (also at validation and for latents)", IMAGES,
+           section="augmentation"),
+    # monitoring
+    Option("valid_freq", "int", 1, "validate every this many epochs (and after the last)", section="monitoring"),
+    Option("save_freq", "int", 10, "write ckpt_epoch_N.pth every this many epochs", section="monitoring"),
+    Option("print_freq", "int", 20, "log a line (and TensorBoard step scalars) every this many steps",
+           section="monitoring"),
+    Option("monitor", "str", None, "validation metric that picks best.pth (default: the method's); its "
+           "direction (min or max) is the one the method declares", nullable=True, section="monitoring"),
+    Option("dpi", "int", 100, "resolution of PNG figures", section="monitoring"),
+    # run
+    Option("model_root", "str", "models", "folder of run folders", section="run"),
+    Option("model_name", "str", None, "run folder name (default: built from the options, Nenya style)",
+           nullable=True, section="run"),
+    Option("trial", "int", 0, "trial number, part of the default run name", section="run"),
+    Option("seed", "int", 0, "random seed of weights, shuffling and augmentation", section="run"),
+    Option("deterministic", "bool", False, "torch.use_deterministic_algorithms and no cuDNN benchmark",
+           section="run"),
+    Option("cuda_use", "bool", True, "use CUDA when it is available (several GPUs: DataParallel)", section="run"),
+    Option("syncBN", "bool", False, "synchronised BatchNorm under torch.distributed", section="run"),
+]
