@@ -65,6 +65,7 @@ def test_params_loaders_set_model_and_train_model_as_documented(opts_file):
     optimizer = set_optimizer(opt, model)
     from nenya.losses import SupConLoss
     assert isinstance(criterion, SupConLoss) and criterion.temperature == 0.1
+    criterion = SupConLoss(temperature=0.5)  # Nenya's criterion, not the options' temperature: train_model uses it
 
     # the first step's loss is the criterion of the first batch's two views, computed directly
     torch.manual_seed(5)
