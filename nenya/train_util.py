@@ -503,6 +503,6 @@ def fit(run: Run, resume: bool = False, resume_hint: str = "") -> dict:
         from nenya.plots.curves import training_plots
         training_plots(folder, opt.dpi)
     metrics = write_metrics(folder, opt.method, monitor, best, init_metrics, last_valid, last_train_loss,
-                            opt.epochs)
+                            opt.epochs, method.describe())
     log(f"done: best {best['metric']} {best['value']} at epoch {best['epoch']}; files in {folder}")
     return metrics

@@ -248,3 +248,47 @@ def test_bad_shapes_are_rejected():
         loss_fn()(pred, target, mask[:, :3])
     with pytest.raises(ValueError, match="pred and target"):
         loss_fn()(pred, target[:, :3], mask)
+
+
+def reference_spectrum_sam(pred, target, mask, groups, masked_only=True, band_patch=BAND_PATCH, eps=1e-7):
+    """Whole-spectrum angle per pixel, spectra assembled piece by piece from the groups' tokens (float64)."""
+    pred, target, mask = (np.asarray(x, dtype=np.float64) for x in (pred, target, mask))
+    batch, length, values = pred.shape
+    spatial, pixels = length // groups, values // band_patch
+    angles = []
+    for b in range(batch):
+        for s in range(spatial):
+            tokens = [g * spatial + s for g in range(groups)]
+            hidden = [mask[b, t] == 1 for t in tokens]
+            if masked_only and not any(hidden):
+                continue
+            for k in range(pixels):
+                p, t = [], []
+                for token, is_hidden in zip(tokens, hidden):
+                    source = pred if (is_hidden or not masked_only) else target
+                    p += [source[b, token, c * pixels + k] for c in range(band_patch)]
+                    t += [target[b, token, c * pixels + k] for c in range(band_patch)]
+                cosine = np.dot(p, t) / max(np.linalg.norm(p) * np.linalg.norm(t), eps)
+                angles.append(math.acos(min(max(cosine, -1 + eps), 1 - eps)))
+    return float(np.mean(angles))
+
+
+@pytest.mark.parametrize("masked_only", [True, False])
+def test_spectrum_sam_is_the_angle_of_whole_reconstructed_spectra(masked_only):
+    pred, target, mask = make_batch()  # 6 tokens = 2 spectral groups x 3 spatial patches
+    loss = loss_fn(spectral_groups=2, masked_only=masked_only)
+    _, parts = loss(pred, target, mask)
+    assert parts["sam"].item() == pytest.approx(reference_spectrum_sam(pred, target, mask, 2, masked_only), rel=1e-9)
+    _, per_patch = loss_fn(spectral_groups=2, masked_only=masked_only, sam_scope="patch")(pred, target, mask)
+    expected = reference_terms(pred, target, mask, masked_only=masked_only)["sam"]
+    assert per_patch["sam"].item() == pytest.approx(expected, rel=1e-9)
+    assert abs(parts["sam"].item() - per_patch["sam"].item()) > 1e-3  # the two scopes differ here
+
+
+def test_spectrum_sam_sends_gradient_to_hidden_pieces_only():
+    pred, target, mask = make_batch()
+    pred.requires_grad_()
+    loss = loss_fn(spectral_groups=2, mse_weight=0, sam_weight=1, variance_weight=0, range_weight=0)
+    loss(pred, target, mask)[0].backward()
+    grad_norm = pred.grad.abs().sum(dim=-1)  # [B, L]
+    assert torch.all(grad_norm[mask == 0] == 0) and torch.all(grad_norm[mask == 1] > 0)

@@ -1,6 +1,7 @@
 """The MAE method end to end on tiny cubes (16 x 16 px, 10 bands, patch [8, 5]): curves, metrics, figures, resume."""
 
 import json
+import re
 
 import h5py
 import numpy as np
@@ -115,8 +116,8 @@ class PerfectModel(nn.Module):
         self.module = inner
         self.masks = []
 
-    def forward(self, imgs):
-        _, mask, ids_restore = self.module(imgs)
+    def forward(self, imgs, **kwargs):
+        _, mask, ids_restore = self.module(imgs, **kwargs)
         self.masks.append(mask)
         return self.module.patchify(imgs), mask, ids_restore
 
@@ -132,17 +133,74 @@ def test_metrics_of_a_perfect_reconstruction(tmp_path):
     assert metrics["baseline_mse_masked"] > 0
 
 
-def test_perfect_reconstruction_with_norm_pix_loss_is_mapped_back(tmp_path):
-    method, model = method_for(mae_opts(tmp_path, norm_pix_loss=True))
+class ZeroModel(PerfectModel):
+    """Predicts 0 for every (normalised) patch: the mean of each patch under norm_pix_loss."""
+
+    def forward(self, imgs, **kwargs):
+        target, mask, ids_restore = super().forward(imgs, **kwargs)
+        return torch.zeros_like(target), mask, ids_restore
+
+
+def _visible_statistics_fill(cubes, masks, patch, band_patch, normalised_prediction):
+    """Masked-voxel MSE of hidden patches mapped back with the visible patches' mean and std (numpy)."""
+    rows = cols = cubes.shape[-1] // patch
+    errors, count = 0.0, 0
+    for n, cube in enumerate(cubes):
+        patches = _numpy_patches(cube, patch, band_patch)
+        hidden = {(g, i, j): masks[n, (g * rows + i) * cols + j] == 1 for g, i, j in patches}
+        for g in range(cube.shape[0] // band_patch):
+            visible = [patches[k] for k in patches if k[0] == g and not hidden[k]]
+            mean = np.mean([v.mean() for v in visible])
+            std = np.mean([np.sqrt(v.var(ddof=1) + 1e-6) for v in visible])
+            for k in patches:
+                if k[0] == g and hidden[k]:
+                    values = patches[k]
+                    normalised = (values - values.mean()) / np.sqrt(values.var(ddof=1) + 1e-6)
+                    fill = (normalised if normalised_prediction else 0.0) * std + mean
+                    errors += ((fill - values) ** 2).sum()
+                    count += values.size
+    return errors / count
+
+
+@pytest.mark.parametrize("model_class", ["perfect", "zero"])
+def test_norm_pix_predictions_are_mapped_back_with_visible_statistics(tmp_path, model_class):
+    """A hidden patch's own mean and std are never used: a model predicting 0 cannot beat the baseline."""
+    method, model = method_for(mae_opts(tmp_path, norm_pix_loss=True, patch_size=[4, 5]))
 
     class NormalisedPerfect(PerfectModel):
-        def forward(self, imgs):
-            target, mask, ids_restore = super().forward(imgs)
+        def forward(self, imgs, **kwargs):
+            target, mask, ids_restore = super().forward(imgs, **kwargs)
             mean, var = target.mean(dim=-1, keepdim=True), target.var(dim=-1, keepdim=True)
             return (target - mean) / (var + 1e-6).sqrt(), mask, ids_restore
 
-    metrics = validation_metrics(method, NormalisedPerfect(model))
-    assert metrics["mse"] < 1e-10 and metrics["ssim"] == pytest.approx(1.0, abs=1e-5)
+    recorder = NormalisedPerfect(model) if model_class == "perfect" else ZeroModel(model)
+    metrics = validation_metrics(method, recorder)
+    with h5py.File(tmp_path / "cubes.h5") as handle:
+        cubes = handle["valid"][:].astype(np.float64)
+    expected = _visible_statistics_fill(cubes, torch.cat(recorder.masks).numpy(), 4, 5, model_class == "perfect")
+    assert metrics["mse_masked"] == pytest.approx(expected, rel=1e-4)
+    if model_class == "zero":
+        assert metrics["mse_masked"] >= metrics["baseline_mse_masked"]
+
+
+def test_whole_cube_metrics_score_the_reconstruction_with_visible_voxels_pasted_back(tmp_path):
+    method, model = method_for(mae_opts(tmp_path, patch_size=[4, 5]))
+    recorder = ZeroModel(model)  # predicts 0 everywhere, also on visible patches
+    metrics = validation_metrics(method, recorder)
+    with h5py.File(tmp_path / "cubes.h5") as handle:
+        cubes = handle["valid"][:].astype(np.float64)
+    masks = torch.cat(recorder.masks).numpy()
+    hidden = np.zeros_like(cubes, dtype=bool)
+    rows = cols = SIZE // 4
+    for n in range(len(cubes)):
+        for g in range(BANDS // 5):
+            for i in range(rows):
+                for j in range(cols):
+                    if masks[n, (g * rows + i) * cols + j] == 1:
+                        hidden[n, g * 5:(g + 1) * 5, i * 4:(i + 1) * 4, j * 4:(j + 1) * 4] = True
+    pasted = np.where(hidden, 0.0, cubes)
+    assert metrics["mse"] == pytest.approx(((pasted - cubes) ** 2).mean(), rel=1e-6)
+    assert metrics["mse_masked"] == pytest.approx((cubes[hidden] ** 2).mean(), rel=1e-6)
 
 
 def _numpy_patches(cube, patch, band_patch):
@@ -237,8 +295,34 @@ def test_normalize_bands_computes_and_caches_training_statistics(tmp_path):
 
 
 def test_normalize_bands_warns_about_a_valid_range_in_raw_units(tmp_path):
-    with pytest.warns(UserWarning, match="normalised units"):
+    with pytest.warns(UserWarning, match=r"normalised \(normalize_bands\) values in .* valid_range is \[0.0, 1.0\]"):
         MAE(get_options(mae_opts(tmp_path, normalize_bands=True))).build_datasets()
+
+
+def test_data_outside_valid_and_data_range_warns_with_the_observed_range(tmp_path):
+    write_cubes_h5(tmp_path / "cubes.h5")
+    with h5py.File(tmp_path / "cubes.h5", "a") as handle:
+        for key in ("train", "valid"):
+            values = handle[key][:] * 4095
+            del handle[key]
+            handle[key] = values
+        observed = handle["train"][:].max()
+    with pytest.warns(UserWarning) as caught:
+        MAE(get_options(mae_opts(tmp_path))).build_datasets()
+    message = " ".join(str(w.message) for w in caught)
+    low, high = (float(v) for v in re.search(r"values in \[([-\d.e+]+), ([-\d.e+]+)\]", message).groups())
+    assert 0 <= low < high <= observed * 1.001 and high > 1000  # the observed range of (sampled) cubes
+    assert "valid_range is [0.0, 1.0]" in message and "data_range is 1.0" in message
+
+
+def test_data_inside_the_ranges_does_not_warn_and_units_are_recorded(tmp_path):
+    import warnings
+    opts = mae_opts(tmp_path, epochs=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        MAE(get_options(opts)).build_datasets()
+    metrics = train_main(opts, verbose=False)
+    assert metrics["about"]["units"] == "data units, as stored" and metrics["about"]["data_range"] == 1.0
 
 
 def test_default_rgb_bands_and_composite_scaling():
@@ -300,3 +384,60 @@ def test_non_square_cubes_need_a_crop(tmp_path, capsys):
         handle["valid"] = handle["train"][:2]
     opts = mae_opts(tmp_path)
     fails_with(capsys, [opts], "16x24", "square", "cube_crop")
+
+
+def test_metrics_do_not_depend_on_the_batch_size(tmp_path):
+    """Fixed per-cube masks and per-cube sums: the same metrics from batches of 1, 3 and 8 cubes."""
+    opts = mae_opts(tmp_path)
+    results = []
+    for size in (1, 3, 8):
+        method, model = method_for(opts, batch_size_valid=size)
+        torch.manual_seed(0)
+        model = method.build_model()  # the same weights for every batch size
+        results.append(validation_metrics(method, model))
+    for name in results[0]:
+        if not name.startswith("loss"):  # the loss is a per-batch mean; the metrics are per cube
+            for other in results[1:]:
+                assert other[name] == pytest.approx(results[0][name], rel=1e-6, nan_ok=True), name
+
+
+def test_the_optimizer_of_a_wrapped_model_skips_decay_of_the_mask_token(tmp_path):
+    from nenya.train_util import set_optimizer
+    method, model = method_for(mae_opts(tmp_path))
+    optimizer = set_optimizer(method.opt, nn.DataParallel(model))
+    no_decay = next(group for group in optimizer.param_groups if group["weight_decay"] == 0)
+    assert any(param is model.mask_token for param in no_decay["params"])
+
+
+def test_band_statistics_are_recomputed_when_the_cube_list_changes(tmp_path):
+    cubes = make_hyperspectral(6, bands=BANDS, size=SIZE, seed=3)
+    (tmp_path / "cubes").mkdir()
+    for index, cube in enumerate(cubes):
+        with h5py.File(tmp_path / "cubes" / f"c{index}.h5", "w") as handle:
+            handle["cube"] = cube
+    listing = tmp_path / "list.csv"
+    listing.write_text("path,split\n" + "".join(f"cubes/c{i}.h5,train\n" for i in range(3)))
+    opts = mae_opts(tmp_path, data_csv="list.csv", valid_split=None, normalize_bands=True, valid_range=None,
+                    data_range=10.0)
+    first = MAE(get_options(opts)).cubes.normalizer()
+    np.testing.assert_allclose(first.mean.numpy(), cubes[:3].mean(axis=(0, 2, 3)), rtol=1e-5)
+    listing.write_text("path,split\n" + "".join(f"cubes/c{i}.h5,train\n" for i in range(3, 6)))
+    with pytest.warns(UserWarning, match="computed on other data"):
+        second = MAE(get_options(opts)).cubes.normalizer()
+    np.testing.assert_allclose(second.mean.numpy(), cubes[3:].mean(axis=(0, 2, 3)), rtol=1e-5)
+
+
+def test_validation_masks_are_a_function_of_seed_and_cube_index(tmp_path):
+    """Cube i is always masked by the noise drawn from (seed, i): not by the batch or the device's RNG."""
+    method, model = method_for(mae_opts(tmp_path, seed=7, batch_size_valid=3))
+    recorder = PerfectModel(model)
+    validation_metrics(method, recorder)
+    masks = torch.cat(recorder.masks)
+    length = masks.shape[1]
+    keep = int(length * (1 - 0.5))
+    for index in range(len(masks)):
+        state = int(np.random.SeedSequence([7, index]).generate_state(1)[0])
+        noise = torch.rand(length, generator=torch.Generator().manual_seed(state))
+        expected = torch.ones(length)
+        expected[noise.argsort()[:keep]] = 0
+        assert torch.equal(masks[index], expected), index

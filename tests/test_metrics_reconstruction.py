@@ -233,3 +233,28 @@ def test_bad_inputs_are_rejected():
         metrics.mse(pred, target, torch.ones(BATCH, 2, SIZE, SIZE))
     with pytest.raises(ValueError, match="pred and target"):
         metrics.sam(pred, target[:1])
+
+
+def test_sums_over_batches_of_different_sizes_give_the_metrics_of_the_whole_set():
+    """Voxel-weighted mse, pixel-weighted sam, pooled ssim, per-cube psnr: independent of the batching."""
+    generator = torch.Generator().manual_seed(3)
+    target = torch.rand(9, BANDS, SIZE, SIZE, generator=generator, dtype=torch.float64)
+    pred = (target + 0.2 * torch.randn(target.shape, generator=generator, dtype=torch.float64)).clamp(0, 1)
+    # voxel masks of very different densities per cube (0 to 95% hidden), whole pixels and partial ones
+    density = torch.linspace(0.0, 0.95, 9).view(9, 1, 1, 1)
+    voxels = torch.rand(target.shape, generator=generator, dtype=torch.float64) < density
+    voxels[:, :, :4] = (torch.rand(9, 1, 4, SIZE, generator=generator) < density.view(9, 1, 1, 1))
+    parts = [metrics.reconstruction_sums(pred[a:b], target[a:b], voxels[a:b], 1.0) for a, b in ((0, 1), (1, 4), (4, 9))]
+    summed = metrics.summarize_reconstruction({k: torch.cat([p[k] for p in parts]) for k in parts[0]}, 1.0)
+
+    p, t, m = pred.numpy(), target.numpy(), voxels.numpy()
+    squared = (p - t) ** 2
+    assert summed["mse"] == pytest.approx(squared.mean(), rel=1e-12)
+    assert summed["mse_masked"] == pytest.approx(squared[m].sum() / m.sum(), rel=1e-12)
+    angles = np.arccos(np.clip((p * t).sum(1) / np.sqrt((p ** 2).sum(1) * (t ** 2).sum(1)), -1, 1))  # [N, H, W]
+    every_band = m.all(axis=1)
+    assert summed["sam"] == pytest.approx(angles.mean(), rel=1e-9)
+    assert summed["sam_masked"] == pytest.approx(angles[every_band].mean(), rel=1e-9)
+    per_cube = [squared[n][m[n]].mean() for n in range(9) if m[n].any()]
+    assert summed["psnr_masked"] == pytest.approx(np.mean([10 * np.log10(1 / v) for v in per_cube]), rel=1e-9)
+    assert summed["ssim"] == pytest.approx(metrics.ssim(pred, target, 1.0).item(), rel=1e-9)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import warnings
 
 import numpy as np
 import torch
@@ -78,10 +79,24 @@ def default_stats_path(dataset):
     return f"{dataset.path}.bandstats.json"
 
 
-def load_or_compute_band_stats(stats_path, dataset, max_items=None):
-    """Read (mean, std) from `stats_path` (.json or .npz), or compute them on `dataset` and write them there."""
+def load_or_compute_band_stats(stats_path, dataset, max_items=None, fingerprint=None):
+    """Read (mean, std) from `stats_path` (.json or .npz), or compute them on `dataset` and write them there.
+
+    ``fingerprint`` (a string naming the data the statistics describe, e.g. a hash of a cube list) is
+    recorded in the file; a file with another fingerprint was computed on other data, so the statistics
+    are computed again and the file rewritten (with a warning). A file without one is used as it is.
+    """
     stats_path = os.fspath(stats_path) if stats_path is not None else default_stats_path(dataset)
     bands = _band_count(dataset)
+    if os.path.exists(stats_path) and fingerprint is not None:
+        recorded = _read_fingerprint(stats_path)
+        if recorded is not None and recorded != fingerprint:
+            warnings.warn(f"band statistics {stats_path} were computed on other data (its fingerprint "
+                          f"differs); computing them again on {getattr(dataset, 'path', 'the training data')}")
+            mean, std = band_statistics(dataset, max_items)
+            _write_stats(stats_path, mean, std, source=getattr(dataset, "path", None), items=len(dataset),
+                         fingerprint=fingerprint)
+            return mean, std
     if os.path.exists(stats_path):
         mean, std = _read_stats(stats_path)
         if len(mean) != bands:
@@ -92,8 +107,20 @@ def load_or_compute_band_stats(stats_path, dataset, max_items=None):
         return mean, std
     mean, std = band_statistics(dataset, max_items)
     items = len(dataset) if max_items is None else min(int(max_items), len(dataset))
-    _write_stats(stats_path, mean, std, source=getattr(dataset, "path", None), items=items)
+    _write_stats(stats_path, mean, std, source=getattr(dataset, "path", None), items=items, fingerprint=fingerprint)
     return mean, std
+
+
+def _read_fingerprint(path):
+    """The fingerprint recorded in a statistics file, or None."""
+    try:
+        if path.endswith(".json"):
+            with open(path) as handle:
+                return json.load(handle).get("fingerprint")
+        with np.load(path) as data:
+            return str(data["fingerprint"]) if "fingerprint" in data.files else None
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _band_count(dataset):
@@ -127,13 +154,15 @@ def _read_stats(path):
     return mean, std
 
 
-def _write_stats(path, mean, std, source=None, items=None):
+def _write_stats(path, mean, std, source=None, items=None, fingerprint=None):
     """Write statistics to a temporary file beside `path`, then move it into place."""
     if not path.endswith((".json", ".npz")):
         raise NenyaError(f"band statistics file {path} must end in .json or .npz")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     if path.endswith(".json"):
-        write_json(path, {"mean": mean.tolist(), "std": std.tolist(), "source": source, "items": items})
+        write_json(path, {"mean": mean.tolist(), "std": std.tolist(), "source": source, "items": items,
+                          "fingerprint": fingerprint})
         return
+    extra = {} if fingerprint is None else {"fingerprint": np.asarray(fingerprint)}
     with atomic_path(path) as temporary, open(temporary, "wb") as handle:
-        np.savez(handle, mean=mean, std=std)
+        np.savez(handle, mean=mean, std=std, **extra)

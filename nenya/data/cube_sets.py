@@ -11,7 +11,9 @@ validation and evaluation cubes are only centre-cropped to ``cube_crop``. Every 
 the data sets are built, so a mismatch is one clear error before training starts.
 """
 
+import hashlib
 import os
+import warnings
 
 from nenya.data.band_stats import BandNormalize, load_or_compute_band_stats
 from nenya.data.builtin import images_path
@@ -119,6 +121,16 @@ class CubeSets:
             return f"{self._csv_path()}.{opt.train_split}.bandstats.json"
         return f"{images_path(opt)}.{opt.train_key}.bandstats.json"
 
+    def fingerprint(self) -> str:
+        """What the training statistics describe: the cube list's content (CSV) or the dataset's shape (HDF5)."""
+        opt = self.opt
+        if opt.data_csv:
+            with open(self._csv_path(), "rb") as handle:
+                digest = hashlib.sha256(handle.read()).hexdigest()
+            return f"csv sha256 {digest}, split {opt.train_split}, dataset {opt.csv_key}"
+        train = self.plain("train")
+        return f"{os.path.basename(train.path)}:{train.key} shape {list(train.stored_shape)}"
+
     def normalizer(self, like=None):
         """BandNormalize with the training data's statistics (read, or computed once and cached), or None.
 
@@ -130,7 +142,8 @@ class CubeSets:
         if self._normalize is None:
             path = self._stats_path()
             source = like if like is not None and os.path.exists(path) else self.plain("train")
-            mean, std = load_or_compute_band_stats(path, source)
+            fingerprint = None if like is not None and source is like else self.fingerprint()
+            mean, std = load_or_compute_band_stats(path, source, fingerprint=fingerprint)
             self._normalize = BandNormalize(mean, std)
         return self._normalize
 
@@ -158,6 +171,31 @@ class CubeSets:
         elif (height, width) != (size, size):
             raise NenyaError(f"{where(dataset)} holds {height}x{width} cubes but the model takes {size}x{size} "
                              f"(img_size); set cube_crop to crop them")
+
+    def check_value_range(self, dataset, samples: int = 4) -> tuple[float, float]:
+        """Warn when sampled cubes fall outside valid_range or span more than data_range; return (min, max).
+
+        The metrics and the range penalty are computed in the units the model sees (normalised bands
+        when normalize_bands is on), so that is where the values are checked.
+        """
+        opt = self.opt
+        picks = sorted({round(i * (len(dataset) - 1) / max(samples - 1, 1)) for i in range(min(samples, len(dataset)))})
+        values = [dataset[i][0] for i in picks]
+        low, high = min(float(v.min()) for v in values), max(float(v.max()) for v in values)
+        units = "normalised (normalize_bands)" if opt.normalize_bands else "data"
+        problems = []
+        if opt.valid_range is not None:
+            lo, hi = opt.valid_range
+            slack = 0.05 * (hi - lo)
+            if low < lo - slack or high > hi + slack:
+                problems.append(f"valid_range is {opt.valid_range} (set it to null or to the data's range)")
+        if high - low > 1.05 * opt.data_range:
+            problems.append(f"data_range is {opt.data_range} (PSNR and SSIM need the data's span, about "
+                            f"{high - low:.4g})")
+        if problems:
+            warnings.warn(f"{where(dataset)}: {len(values)} sampled training cubes hold {units} values in "
+                          f"[{low:.4g}, {high:.4g}] but {'; '.join(problems)}")
+        return low, high
 
     def train_set(self):
         """Training cubes, normalised and augmented (crop, rot90, flip)."""

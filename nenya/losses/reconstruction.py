@@ -27,8 +27,13 @@ class MAESpectralLoss(nn.Module):
         standard deviation, ``(target - mean) / sqrt(var + 1e-6)``, where ``var`` is the
         unbiased (N - 1) variance of the patch's P values, as in the reference MAE.
     ``sam``
-        Spectral angle mapper: for each pixel of each included patch, with ``p`` and ``t``
-        the predicted and target spectrum pieces, ``arccos(clamp(cos, -1 + eps, 1 - eps))``
+        Spectral angle mapper. With ``sam_scope="spectrum"`` (the default) the angle is taken
+        between whole spectra over all ``spectral_groups * band_patch`` bands: for each pixel
+        whose spectrum has at least one hidden piece, the reconstructed spectrum (hidden pieces
+        predicted, visible pieces the target's, so only hidden pieces get a gradient; without
+        ``masked_only`` every piece predicted) against the target spectrum, averaged over those
+        pixels. With ``sam_scope="patch"`` it is taken within each patch: for each pixel of each
+        included patch, with ``p`` and ``t`` the predicted and target spectrum pieces, ``arccos(clamp(cos, -1 + eps, 1 - eps))``
         in radians, where ``cos = <p, t> / max(|p| |t|, eps)`` and ``eps = sam_eps``;
         averaged over those pixels. The clamp keeps the gradient of arccos finite, so the
         term is about ``sqrt(2 eps)``, not 0, when ``pred == target``; a zero spectrum
@@ -57,13 +62,17 @@ class MAESpectralLoss(nn.Module):
     def __init__(self, mse_weight: float = 1.0, sam_weight: float = 0.1, variance_weight: float = 0.01,
                  range_weight: float = 0.001, masked_only: bool = True, norm_pix_loss: bool = False,
                  valid_range: tuple[float, float] | None = (0.0, 1.0), band_patch: int = 5,
-                 sam_eps: float = 1e-7):
+                 sam_eps: float = 1e-7, sam_scope: str = "spectrum", spectral_groups: int = 1):
         super().__init__()
         weights = (mse_weight, sam_weight, variance_weight, range_weight)
         if any(weight < 0 for weight in weights):
             raise ValueError(f"loss weights must be non-negative, got {weights}")
         if band_patch < 1:
             raise ValueError(f"band_patch must be at least 1, got {band_patch}")
+        if sam_scope not in ("spectrum", "patch"):
+            raise ValueError(f"sam_scope must be 'spectrum' or 'patch', got {sam_scope!r}")
+        if spectral_groups < 1:
+            raise ValueError(f"spectral_groups must be at least 1, got {spectral_groups}")
         if not 0 < sam_eps < 1:
             raise ValueError(f"sam_eps must be in (0, 1), got {sam_eps}")
         if valid_range is not None:
@@ -79,6 +88,8 @@ class MAESpectralLoss(nn.Module):
         self.valid_range = valid_range
         self.band_patch = band_patch
         self.sam_eps = sam_eps
+        self.sam_scope = sam_scope
+        self.spectral_groups = spectral_groups
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor,
                 mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -115,12 +126,10 @@ class MAESpectralLoss(nn.Module):
         batch, length, values = pred.shape
         spectra_pred = raw_pred.reshape(batch, length, self.band_patch, values // self.band_patch)
         spectra_target = target.reshape(batch, length, self.band_patch, values // self.band_patch)
-        dot = (spectra_pred * spectra_target).sum(dim=2)
-        # sqrt(max(|p|^2 |t|^2, eps^2)) has a finite gradient where a norm is 0; |p| alone does not.
-        squared_norms = spectra_pred.pow(2).sum(dim=2) * spectra_target.pow(2).sum(dim=2)
-        norms = squared_norms.clamp_min(self.sam_eps ** 2).sqrt()
-        cosine = (dot / norms).clamp(-1 + self.sam_eps, 1 - self.sam_eps)
-        sam = patch_mean(torch.arccos(cosine).mean(dim=-1))
+        if self.sam_scope == "patch":
+            sam = patch_mean(self._angle(spectra_pred, spectra_target, dim=2).mean(dim=-1))
+        else:
+            sam = self._spectrum_sam(raw_pred, target, mask)
 
         lost_variance = spectra_target.var(dim=2, correction=0) - spectra_pred.var(dim=2, correction=0)
         variance = patch_mean(F.relu(lost_variance).mean(dim=-1))
@@ -137,3 +146,33 @@ class MAESpectralLoss(nn.Module):
         parts = {"mse": mse.detach(), "sam": sam.detach(), "variance": variance.detach(),
                  "range": out_of_range.detach()}
         return total, parts
+
+    def _angle(self, pred: torch.Tensor, target: torch.Tensor, dim: int) -> torch.Tensor:
+        """arccos of the clamped cosine between vectors along ``dim``."""
+        dot = (pred * target).sum(dim=dim)
+        # sqrt(max(|p|^2 |t|^2, eps^2)) has a finite gradient where a norm is 0; |p| alone does not.
+        squared_norms = pred.pow(2).sum(dim=dim) * target.pow(2).sum(dim=dim)
+        norms = squared_norms.clamp_min(self.sam_eps ** 2).sqrt()
+        return torch.arccos((dot / norms).clamp(-1 + self.sam_eps, 1 - self.sam_eps))
+
+    def _spectrum_sam(self, raw_pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Mean whole-spectrum angle over the pixels with a hidden piece (every pixel without masked_only)."""
+        batch, length, values = raw_pred.shape
+        groups, bands = self.spectral_groups, self.band_patch
+        if length % groups:
+            raise ValueError(f"{length} tokens do not split into {groups} spectral groups")
+        spatial, pixels = length // groups, values // bands
+        hidden = mask.bool()
+        predicted = hidden | ~hidden.any() if self.masked_only else torch.ones_like(hidden)  # no mask: all patches
+        reconstructed = torch.where(predicted[..., None], raw_pred, target)
+
+        def spectra(x):  # [B, L, P] -> [B, spatial patches, pixels, all bands], band order kept
+            x = x.reshape(batch, groups, spatial, bands, pixels)
+            return x.permute(0, 2, 4, 1, 3).reshape(batch, spatial, pixels, groups * bands)
+
+        angle = self._angle(spectra(reconstructed), spectra(target), dim=-1).mean(dim=-1)  # [B, spatial]
+        if not self.masked_only:
+            return angle.mean()
+        weights = hidden.reshape(batch, groups, spatial).any(dim=1).to(angle.dtype)
+        weights = torch.where(weights.sum() > 0, weights, torch.ones_like(weights))
+        return (angle * weights).sum() / weights.sum()

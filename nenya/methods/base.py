@@ -66,6 +66,10 @@ class Method:
         outputs = run(valid_data, self.eval_step)
         return self.summarize(outputs), outputs["loss"].tolist() if "loss" in outputs else []
 
+    def describe(self) -> dict:
+        """The units and definitions of the reported metrics, recorded beside them (default: none)."""
+        return {}
+
     def figures(self, model: nn.Module, device: torch.device, folder: str, epoch: int) -> None:
         """Write the method's figures for this epoch into ``folder`` (default: none)."""
 

@@ -82,9 +82,13 @@ class SimCLR(Method):
     def _knn_sets(self):
         """(bank or None, queries) of un-augmented images for the kNN monitor; () without validation labels."""
         opt = self.opt
+        path = images_path(opt)
+        if opt.overfit_batches:  # the same images validation sees: the first training batches, leave one out
+            plain = self._images(path, opt.train_key, self._plain())
+            count = min(len(plain), opt.overfit_batches * opt.batch_size_train)
+            return (None, torch.utils.data.Subset(plain, range(count))) if plain.has_labels else ()
         if not opt.valid_key:
             return ()
-        path = images_path(opt)
         queries = self._images(path, opt.valid_key, self._plain())
         if not queries.has_labels:
             return ()

@@ -9,8 +9,6 @@ and the loss under the same masks; every evaluation pass draws its masks from ``
 numbers are comparable between epochs.
 """
 
-import warnings
-
 import torch
 
 from nenya.data.cube_sets import CubeSets
@@ -20,7 +18,7 @@ from nenya.methods.base import Method
 from nenya.metrics.reconstruction import (patch_mask_to_pixels, reconstruction_sums, summarize_reconstruction,
                                           visible_mean_baseline)
 from nenya.models import build_model, unwrap
-from nenya.models.mae_spectral import MAE_SIZES
+from nenya.models.mae_spectral import MAE_SIZES, seeded_noise
 from nenya.plots.mae import write_mae_figures
 from nenya.registry import register_method
 
@@ -58,7 +56,8 @@ class MAE(Method):
                 mse_weight=opt.mse_weight, sam_weight=opt.sam_weight, variance_weight=opt.variance_weight,
                 range_weight=opt.range_weight, masked_only=opt.loss_masked_only, norm_pix_loss=opt.norm_pix_loss,
                 valid_range=tuple(opt.valid_range) if opt.valid_range is not None else None,
-                band_patch=opt.patch_size[1])
+                band_patch=opt.patch_size[1], sam_scope=opt.sam_scope,
+                spectral_groups=max(opt.nchannels // opt.patch_size[1], 1))
         except ValueError as err:
             raise NenyaError(f"MAE loss options (mse_weight, sam_weight, variance_weight, range_weight, "
                              f"valid_range): {err}") from None
@@ -70,11 +69,17 @@ class MAE(Method):
             raise NenyaError(f"rgb_bands={opt.rgb_bands} must be band indices from 0 to {opt.nchannels - 1} "
                              f"(nchannels={opt.nchannels})")
         train = self.cubes.train_set()
-        if self.cubes.normalizer() is not None and opt.valid_range is not None:
-            warnings.warn("normalize_bands is on, so the reconstructions are in normalised units: valid_range "
-                          f"{opt.valid_range} (range penalty) and data_range {opt.data_range} (PSNR/SSIM) apply "
-                          "to normalised values; set valid_range to null and data_range to their span")
+        self.cubes.check_value_range(train)
         return train, self.cubes.valid_set()
+
+    def describe(self):
+        """The units and definitions of the metrics, recorded in metrics.json and eval_metrics.json."""
+        opt = self.opt
+        return {"units": "normalised bands, (x - mean) / std per band" if opt.normalize_bands else
+                "data units, as stored", "data_range": opt.data_range, "sam": "radians, whole spectrum",
+                "whole-cube metrics": "reconstruction with the visible voxels pasted back",
+                "masked": "mse/psnr: hidden voxels; sam/ssim: pixels whose every band is hidden",
+                "norm_pix_loss mapping": "visible patches' statistics" if opt.norm_pix_loss else None}
 
     def eval_dataset(self, path=None, key=None):
         """Cubes to evaluate or embed, prepared like the validation cubes (:meth:`CubeSets.eval_set`)."""
@@ -98,35 +103,47 @@ class MAE(Method):
         total, parts = self.criterion(pred, unwrap(model).patchify(cubes), mask)
         return total, {f"loss_{name}": value for name, value in parts.items()}
 
-    def _raw_prediction(self, pred, target):
-        """Predicted patches in data units: with norm_pix_loss mapped back with the target patches' statistics."""
+    def _raw_prediction(self, pred, target, mask, groups):
+        """Predicted patches in data units; with norm_pix_loss mapped back with statistics the model may know.
+
+        A visible patch uses its own mean and standard deviation; a hidden patch the mean of those
+        of the visible patches of the same cube and spectral group (of the cube, when its group has
+        none): never the hidden patch's own statistics.
+        """
         if not self.opt.norm_pix_loss:
             return pred
-        mean = target.mean(dim=-1, keepdim=True)
-        std = (target.var(dim=-1, keepdim=True) + NORM_PIX_EPS).sqrt()
-        return pred * std + mean
+        stats = torch.cat([target.mean(dim=-1, keepdim=True),
+                           (target.var(dim=-1, keepdim=True) + NORM_PIX_EPS).sqrt()], dim=-1)  # [B, L, 2]
+        known = visible_mean_baseline(stats, mask, groups)
+        return pred * known[..., 1:] + known[..., :1]
 
     def eval_step(self, model, batch, indices):
-        """Loss, per-cube reconstruction sums, baseline and per-band sums; the first cubes for the figures."""
+        """Loss, per-cube reconstruction sums, baseline and per-band sums; the first cubes for the figures.
+
+        Masks are fixed per cube (seed, index); the reconstruction has the visible voxels pasted
+        back, which is what the whole-cube metrics score.
+        """
         bare = unwrap(model)
         cubes = batch[0].float()  # [B, C, H, W]
-        pred, mask, _ = model(cubes)
-        target = bare.patchify(cubes)
+        noise = seeded_noise([(self.opt.seed, int(i)) for i in indices], bare.num_patches).to(cubes.device)
+        pred, mask, _ = model(cubes, noise=noise)  # the same masks at any batch size, on any device
+        target = bare.patchify(cubes)  # [B, L, patch_dim]
         loss, parts = self.criterion(pred.float(), target, mask)
-        reconstruction = bare.reconstruct(self._raw_prediction(pred.float(), target)).float()
+        predicted = bare.reconstruct(self._raw_prediction(pred.float(), target, mask, bare.grid[0])).float()
         voxels = patch_mask_to_pixels(mask, bare.bands, *bare.img_size, bare.patch_size, bare.band_patch)
+        reconstruction = torch.where(voxels, predicted, cubes)  # [B, C, H, W], visible voxels pasted back
         baseline = bare.unpatchify(visible_mean_baseline(target, mask, bare.grid[0]))
         hidden = voxels.double()
         squared = (reconstruction - cubes).double().pow(2)
+        baseline_squared = (baseline - cubes).double().pow(2) * hidden
         out = {"loss": loss.float(), **{f"loss_{k}": v.float() for k, v in parts.items()},
                **reconstruction_sums(reconstruction, cubes, voxels, self.opt.data_range),
-               "baseline_mse_masked_sum": (((baseline - cubes).double().pow(2)) * hidden).flatten(1).sum(1),
+               "baseline_mse_masked_sum": baseline_squared.flatten(1).sum(1),
                "band_sum": squared.sum(dim=(2, 3)), "band_masked_sum": (squared * hidden).sum(dim=(2, 3)),
-               "band_masked_count": hidden.sum(dim=(2, 3)),
-               "band_baseline_sum": ((baseline - cubes).double().pow(2) * hidden).sum(dim=(2, 3))}
-        keep = indices < self.opt.figure_samples
+               "band_masked_count": hidden.sum(dim=(2, 3)), "band_baseline_sum": baseline_squared.sum(dim=(2, 3))}
+        keep = indices.to(cubes.device) < self.opt.figure_samples
         if keep.any():
-            out.update(sample_original=cubes[keep], sample_mask=voxels[keep], sample_reconstruction=reconstruction[keep])
+            out.update(sample_original=cubes[keep], sample_mask=voxels[keep], sample_reconstruction=predicted[keep])
         return out
 
     def summarize(self, outputs):

@@ -9,6 +9,7 @@ predicts every patch's values.
 import math
 from functools import partial
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -39,16 +40,21 @@ def separable_pos_embed(dim: int, grid: tuple[int, int, int]) -> torch.Tensor:
     return (spectral[:, None, :] + spatial[None, :, :]).reshape(1, depth * rows * cols, dim)
 
 
-def random_masking(x: torch.Tensor, mask_ratio: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def random_masking(x: torch.Tensor, mask_ratio: float,
+                   noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Keep a random floor(L * (1 - mask_ratio)) (at least 1) tokens of each sample of x [B, L, D].
 
+    The kept tokens are those with the smallest ``noise`` [B, L] (drawn uniformly when not given).
     Returns (visible tokens [B, keep, D], mask [B, L] with 1 = masked, ids_restore [B, L]);
     gathering the shuffled sequence with ids_restore puts every token back in its place.
     """
     batch, length, dim = x.shape
     # Rounding first stops 2400 * (1 - 0.8) = 479.99999999999994 from flooring to 479.
     keep = max(1, math.floor(round(length * (1.0 - mask_ratio), 6)))
-    noise = torch.rand(batch, length, device=x.device)
+    if noise is None:
+        noise = torch.rand(batch, length, device=x.device)
+    elif noise.shape != (batch, length):
+        raise ValueError(f"noise must be [B, L] = [{batch}, {length}], got {tuple(noise.shape)}")
     ids_shuffle = noise.argsort(dim=1)
     ids_restore = ids_shuffle.argsort(dim=1)
     ids_keep = ids_shuffle[:, :keep]
@@ -56,6 +62,16 @@ def random_masking(x: torch.Tensor, mask_ratio: float) -> tuple[torch.Tensor, to
     mask = torch.ones(batch, length, device=x.device)
     mask[:, :keep] = 0
     return visible, mask.gather(1, ids_restore), ids_restore
+
+
+def seeded_noise(seeds: list, length: int) -> torch.Tensor:
+    """Masking noise [B, L] on the CPU, row b drawn from its own seed (an int or a tuple of ints)."""
+    rows = []
+    for seed in seeds:
+        entropy = list(seed) if isinstance(seed, (tuple, list)) else [seed]
+        state = int(np.random.SeedSequence(entropy).generate_state(1)[0])
+        rows.append(torch.rand(length, generator=torch.Generator().manual_seed(state)))
+    return torch.stack(rows)
 
 
 class Attention(nn.Module):
@@ -190,9 +206,9 @@ class MAESpectral(nn.Module):
             x = checkpoint(block, x, use_reentrant=False) if use_checkpoint else block(x)
         return x
 
-    def forward_encoder(self, imgs: torch.Tensor, mask_ratio: float):
+    def forward_encoder(self, imgs: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None):
         """(encoded visible tokens [B, keep, D], mask [B, L], ids_restore [B, L])."""
-        visible, mask, ids_restore = random_masking(self.embed(imgs), mask_ratio)
+        visible, mask, ids_restore = random_masking(self.embed(imgs), mask_ratio, noise)
         return self.norm(self.run_blocks(self.blocks, visible)), mask, ids_restore
 
     def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
@@ -204,10 +220,13 @@ class MAESpectral(nn.Module):
         x = x.gather(1, ids_restore[:, :, None].expand(-1, -1, dim)) + self.decoder_pos_embed
         return self.decoder_pred(self.decoder_norm(self.run_blocks(self.decoder_blocks, x)))
 
-    def forward(self, imgs: torch.Tensor, mask_ratio: float | None = None):
-        """(pred [B, L, patch_dim], mask [B, L] with 1 = masked, ids_restore [B, L]) of cubes [B, C, H, W]."""
+    def forward(self, imgs: torch.Tensor, mask_ratio: float | None = None, noise: torch.Tensor | None = None):
+        """(pred [B, L, patch_dim], mask [B, L] with 1 = masked, ids_restore [B, L]) of cubes [B, C, H, W].
+
+        ``noise`` [B, L] fixes which tokens are hidden (the largest ones); by default it is drawn.
+        """
         ratio = self.mask_ratio if mask_ratio is None else check_mask_ratio(mask_ratio)
-        latent, mask, ids_restore = self.forward_encoder(imgs, ratio)
+        latent, mask, ids_restore = self.forward_encoder(imgs, ratio, noise)
         return self.forward_decoder(latent, ids_restore), mask, ids_restore
 
     def loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

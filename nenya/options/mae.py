@@ -38,6 +38,9 @@ OPTIONS = [
            MAE, section="mae"),
     Option("mse_weight", "float", 1.0, "weight of the reconstruction MSE", MAE, section="mae"),
     Option("sam_weight", "float", 0.1, "weight of the spectral angle mapper term", MAE, section="mae"),
+    Option("sam_scope", "str", "spectrum", "spectral angle of the loss over each pixel's whole spectrum "
+           "(reconstructed: hidden pieces predicted, visible ones kept) or within each patch's band piece", MAE,
+           choices=("spectrum", "patch"), section="mae"),
     Option("variance_weight", "float", 0.01, "weight of the spectral-variance term", MAE, section="mae"),
     Option("range_weight", "float", 0.001, "weight of the out-of-range penalty", MAE, section="mae"),
     Option("valid_range", "float_list", [0.0, 1.0], "[low, high] valid values of reconstructions (null: no "
