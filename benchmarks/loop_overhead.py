@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from nenya.methods.contrastive import SimCLR
-from nenya.params import option_preprocess, validate
+from nenya.params import Params, option_preprocess
 from nenya.train_util import set_optimizer, train_model
 
 
@@ -38,7 +38,7 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.manual_seed(0)
-    opt = option_preprocess(validate({"ssl_model": args.model, "nchannels": 1, "epochs": 1,
+    opt = option_preprocess(Params({"ssl_model": args.model, "nchannels": 1, "epochs": 1,
                                       "batch_size_train": args.batch, "print_freq": 10}))
     method = SimCLR(opt)
     model = method.build_model()

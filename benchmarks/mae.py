@@ -23,9 +23,9 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from nenya.losses_mae import MAESpectralLoss
+from nenya.losses.reconstruction import MAESpectralLoss
 from nenya.models import build_model
-from nenya.params import option_preprocess, validate
+from nenya.params import Params, option_preprocess
 from nenya.train_util import set_optimizer
 
 GPU_CONFIGS = ("fp32 eager, AdamW foreach", "bf16 autocast + SDPA, AdamW fused",
@@ -63,7 +63,7 @@ def run_cpu(args) -> None:
     torch.manual_seed(0)
     model = make_model(args, args.model, args.img_size, args.patch, args.mask_ratio).train()
     criterion = MAESpectralLoss(band_patch=args.patch[1])
-    opt = option_preprocess(validate({"ssl_method": "mae", "optimizer": "adamw", "learning_rate": 1.5e-4,
+    opt = option_preprocess(Params({"ssl_method": "mae", "optimizer": "adamw", "learning_rate": 1.5e-4,
                                       "weight_decay": 0.05, "betas": [0.9, 0.95]}))
     optimizer = set_optimizer(opt, model)  # as training builds it: no decay on biases/norms, fused
     imgs = torch.rand(args.batch, args.bands, args.img_size, args.img_size)

@@ -298,7 +298,9 @@ def train_model(train_loader, model, criterion, optimizer, epoch: int, opt, cuda
         step_learning_rate(opt, epoch, batch_id, total, optimizer)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             loss, scalars = method.loss(model, batch)
-        scaler.scale(loss / accumulate if accumulate > 1 else loss).backward()
+        scalars = dict(scalars)
+        objective = loss + scalars.pop("aux_loss", 0.0)  # side heads (an online probe) train, unreported
+        scaler.scale(objective / accumulate if accumulate > 1 else objective).backward()
         if (batch_id + 1) % accumulate == 0 or batch_id + 1 == total:
             scaler.step(optimizer)
             scaler.update()

@@ -96,7 +96,7 @@ def test_evaluate_of_a_simclr_run_is_the_loss_and_leave_one_out_knn(tiny_run):
     train_main(opts, overrides={"epochs": 1}, verbose=False)
     record = evaluate_run(str(folder))
     assert record["key"] == "valid" and record["items"] == 24
-    assert set(record["metrics"]) == {"loss", "knn_acc_loo"} and record["metrics"]["loss"] > 0
+    assert set(record["metrics"]) == {"loss", "knn_acc_loo", "retrieval_top1"} and record["metrics"]["loss"] > 0
     opt, method, model = load_run(str(folder))
     plain = HDF5Images(str(folder.parent.parent / "images.h5"), "valid")
     with torch.no_grad():  # a direct forward pass of every un-augmented validation image

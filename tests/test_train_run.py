@@ -62,7 +62,7 @@ def test_dry_run_writes_nothing(tiny_run, capsys):
     out = capsys.readouterr().err + capsys.readouterr().out
     assert result["parameters"] == sum(p.numel() for p in
                                        __import__("nenya.models", fromlist=["x"]).build_model(
-                                           "resnet18", nchannels=1, feat_dim=16).parameters())
+                                           "resnet18", nchannels=1, feat_dim=16).parameters()) + 512 * 3 + 3  # probe
     assert not folder.exists()
 
 

@@ -52,7 +52,7 @@ class Method:
         """What one evaluation batch contributes: by default its loss and extra scalars (0-dim, per batch)."""
         loss, scalars = self.loss(model, batch)
         return {"loss": loss.float(), **{name: torch.as_tensor(value, dtype=torch.float32)
-                                         for name, value in scalars.items()}}
+                                         for name, value in scalars.items() if name != "aux_loss"}}
 
     def summarize(self, outputs: dict) -> dict:
         """Metrics from an evaluation pass: by default the batch-size-weighted mean of each per-batch scalar."""

@@ -3,6 +3,8 @@
 import os
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from nenya.data.builtin import images_path
 from nenya.data.hdf5 import HDF5Images, check_channels
@@ -12,6 +14,7 @@ from nenya.errors import NenyaError
 from nenya.losses.contrastive import SupConLoss
 from nenya.methods.base import Method
 from nenya.metrics.knn import knn_accuracy
+from nenya.metrics.probe import feature_metrics, retrieval_top1
 from nenya.models import build_model, unwrap
 from nenya.plots.embedding import embedding_scatter, views_grid
 from nenya.registry import register_method
@@ -22,7 +25,8 @@ class SimCLR(Method):
     """SimCLR: the other view of the same image is the only positive."""
 
     name = "simclr"
-    metrics = {"loss": "min", "knn_acc": "max", "knn_acc_loo": "max"}
+    metrics = {"loss": "min", "knn_acc": "max", "knn_acc_loo": "max", "linear_probe_acc": "max", "probe_acc": "max",
+               "retrieval_top1": "max", "probe_loss": "min"}
     monitor = "knn_acc"
     uses_labels = False
 
@@ -36,9 +40,16 @@ class SimCLR(Method):
         return SupConLoss(temperature=opt.temp, contrast_mode=opt.contrast_mode, base_temperature=opt.base_temp)
 
     def build_model(self):
-        """SupConResNet (or another registered encoder) with a projection head."""
+        """SupConResNet (or another registered encoder) with a projection head, and an online linear probe
+        (``probe``: a linear head on the detached encoder features) when the training images have labels."""
         opt = self.opt
-        return build_model(opt.model, nchannels=opt.nchannels, head=opt.head, feat_dim=opt.feat_dim)
+        model = build_model(opt.model, nchannels=opt.nchannels, head=opt.head, feat_dim=opt.feat_dim)
+        if opt.num_classes is None:
+            labels = HDF5Images(images_path(opt), opt.train_key).labels
+            opt.num_classes = int(labels.max()) + 1 if labels is not None and len(labels) else None
+        if opt.num_classes:
+            model.probe = nn.Linear(model.dim_in, opt.num_classes)
+        return model
 
     def _images(self, path, key, transform, option=None):
         dataset = HDF5Images(path, key, transform=transform, preload=self.opt.preload, key_option=option)
@@ -63,11 +74,29 @@ class SimCLR(Method):
         valid = self._images(path, opt.valid_key, self._views(), "valid_key") if opt.valid_key else None
         return train, valid
 
+    def _pairs(self, model, batch):
+        """(SupConLoss of the two views' projections, their encoder features [2B, D]); labels only for SupCon."""
+        views, labels = batch  # views [B, 2, C, H, W], labels [B] (-1: none)
+        projections, features = model(views.flatten(0, 1), return_features=True)  # [2B, feat_dim], [2B, D]
+        loss = self.criterion(projections.view(*views.shape[:2], -1), labels if self.uses_labels else None)
+        return loss, features
+
     def loss(self, model, batch):
-        """SupConLoss of the two views' embeddings (labels only for SupCon)."""
-        views, labels = batch  # views [B, 2, C, H, W]
-        features = model(views.flatten(0, 1)).view(views.shape[0], views.shape[1], -1)  # [B, 2, feat_dim]
-        return self.criterion(features, labels if self.uses_labels else None), {}
+        """The contrastive loss; the online probe's cross-entropy on detached features trains on the side."""
+        loss, features = self._pairs(model, batch)
+        probe = getattr(unwrap(model), "probe", None)
+        if probe is None:
+            return loss, {}
+        targets = batch[1].repeat_interleave(batch[0].shape[1])  # [2B], the label of each view
+        known = targets >= 0
+        logits = probe(features.detach().float()[known])
+        probe_loss = F.cross_entropy(logits, targets[known]) if known.any() else logits.sum() * 0
+        return loss, {"probe_loss": probe_loss.detach(), "aux_loss": probe_loss}
+
+    def eval_step(self, model, batch, indices):
+        """The loss of a validation pair, and the encoder features of its first view (for retrieval)."""
+        loss, features = self._pairs(model, batch)
+        return {"loss": loss.float(), "view_features": features.view(batch[0].shape[0], 2, -1)[:, 0].float()}
 
     def feature_step(self, model, batch, indices):
         """Encoder features [B, D] and labels [B] of un-augmented images."""
@@ -101,21 +130,18 @@ class SimCLR(Method):
         return bank, queries
 
     def validation(self, model, run, valid_data):
-        """Loss on augmented pairs, and kNN accuracy (cosine, knn_k) of encoder features against the bank."""
-        metrics, steps = super().validation(model, run, valid_data)
+        """Loss on augmented pairs; kNN, linear-probe, online-probe and retrieval accuracy of encoder features."""
+        outputs = run(valid_data, self.eval_step)
+        metrics = super().summarize({"batch_size": outputs["batch_size"], "loss": outputs["loss"]})
         sets = self._knn_sets()
         if sets:
             bank, queries = sets
             found = run(queries, self.feature_step, "knn queries")
             self._valid_features = (found["features"], found["labels"])
-            if bank is None:  # no training labels: leave-one-out among the validation images
-                metrics["knn_acc"] = knn_accuracy(found["features"], found["labels"], found["features"],
-                                                  found["labels"], self.opt.knn_k, exclude_self=True)
-            else:
-                stored = run(bank, self.feature_step, "knn bank")
-                metrics["knn_acc"] = knn_accuracy(stored["features"], stored["labels"], found["features"],
-                                                  found["labels"], self.opt.knn_k)
-        return metrics, steps
+            stored = run(bank, self.feature_step, "knn bank") if bank else None
+            metrics.update(feature_metrics(found, stored, self.opt.knn_k, getattr(unwrap(model), "probe", None)))
+            metrics["retrieval_top1"] = retrieval_top1(outputs["view_features"], found["features"])
+        return metrics, outputs["loss"].tolist()
 
     def figures(self, model, device, folder, epoch):
         """The validation embedding (PCA of encoder features, by label) and, once, a few images' two views."""
@@ -142,11 +168,12 @@ class SimCLR(Method):
         return self._images(path if path is not None else images_path(self.opt), key, self._plain(), "--key")
 
     def evaluation(self, model, run, dataset, folder):
-        """Loss on augmented pairs and, with labels, leave-one-out kNN accuracy of encoder features + PCA plot."""
-        pairs = self._images(dataset.path, dataset.key, self._views())
-        metrics = self.summarize(run(pairs, self.eval_step))
+        """Loss on augmented pairs, retrieval and, with labels, leave-one-out kNN accuracy + PCA plot."""
+        outputs = run(self._images(dataset.path, dataset.key, self._views()), self.eval_step)
+        metrics = super().summarize({"batch_size": outputs["batch_size"], "loss": outputs["loss"]})
+        found = run(dataset, self.feature_step, "features")
+        metrics["retrieval_top1"] = retrieval_top1(outputs["view_features"], found["features"])
         if dataset.has_labels:
-            found = run(dataset, self.feature_step, "features")
             metrics["knn_acc_loo"] = knn_accuracy(found["features"], found["labels"], found["features"],
                                                   found["labels"], self.opt.knn_k, exclude_self=True)
             os.makedirs(folder, exist_ok=True)

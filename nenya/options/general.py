@@ -25,6 +25,9 @@ OPTIONS = [
            "accepted as written)", section="method"),
     Option("nchannels", "int", 1, "channels per input image (bands of a cube); must match the data",
            section="method"),
+    Option("num_classes", "int", None, "classes of the labels (default: counted from the training labels and "
+           "recorded in opts.json); contrastive runs train an online linear probe with it", nullable=True,
+           section="method"),
     # optimisation
     Option("optimizer", "str", "sgd", "optimizer; lars adapts per-layer rates for large-batch SimCLR",
            choices=("sgd", "adam", "adamw", "lars"), section="optimisation"),
