@@ -5,7 +5,7 @@ import pytest
 import torch
 from scipy import stats
 
-from nenya.data.mixing import Mixer
+from nenya.data.mixing import Mixer, cutmix_box
 from nenya.errors import NenyaError
 
 K = 5
@@ -85,6 +85,22 @@ def test_cutmix_box_comes_from_the_permuted_images_and_weights_its_area():
         if inside.sum() and (top == 0 or left == 0 or bottom == 8 or right == 10):
             clipped += 1
     assert clipped > 0  # some boxes hit the border, and the target still follows the pasted area
+
+
+@pytest.mark.parametrize("lam", [0.75, 0.36, 0.9])
+def test_cutmix_box_has_the_drawn_area_unless_the_border_clips_it(lam):
+    torch.manual_seed(0)
+    height, width = 20, 30
+    side = np.sqrt(1 - lam)  # the box's side, as a fraction of the image's
+    unclipped = 0
+    for _ in range(300):
+        top, bottom, left, right = cutmix_box(height, width, lam)
+        assert 0 <= top <= bottom <= height and 0 <= left <= right <= width
+        assert bottom - top <= int(height * side) and right - left <= int(width * side)
+        if 0 < top and bottom < height and 0 < left and right < width:
+            unclipped += 1
+            assert (bottom - top, right - left) == (int(height * side), int(width * side))
+    assert unclipped >= 3  # (some boxes of each size fit inside)
 
 
 def test_mixup_prob_and_switch_prob_are_the_probabilities_of_mixing_and_of_cutmix():
