@@ -3,7 +3,7 @@
 from torch import nn
 
 from nenya.errors import NenyaError
-from nenya.models import mae_spectral, resnet_big  # noqa: F401  (importing a model file registers it)
+from nenya.models import hvit, mae_spectral, resnet_big  # noqa: F401  (importing a model file registers it)
 from nenya.registry import MODELS, UnknownName, lookup
 
 

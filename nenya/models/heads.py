@@ -1,5 +1,6 @@
-"""Projection heads that map encoder features to the space the contrastive loss works in."""
+"""Projection heads (encoder features -> contrastive space) and the linear classifier on any encoder."""
 
+import torch
 from torch import nn
 
 from nenya.errors import NenyaError
@@ -18,3 +19,48 @@ def projection_head(kind: str, dim_in: int, feat_dim: int) -> nn.Module:
     if kind == "linear":
         return nn.Linear(dim_in, feat_dim)
     raise NenyaError(f"unknown projection head {kind!r}; choose from: {', '.join(HEAD_KINDS)}")
+
+
+class LinearClassifier(nn.Linear):
+    """One linear layer from encoder features [B, encoder_dim] to class logits [B, num_classes].
+
+    Also the online linear probe: trained on detached encoder features during pre-training.
+    """
+
+    def __init__(self, encoder_dim: int, num_classes: int):
+        super().__init__(encoder_dim, num_classes)
+
+
+class EncoderClassifier(nn.Module):
+    """Any registered encoder (a model with ``encode`` and ``dim_in``) + a linear classifier: images -> logits.
+
+    Classification uses the encoder's features, not the contrastive projection head, so the model's
+    ``head`` (if it has one) is replaced by an identity: it gets no gradient (DistributedDataParallel
+    would stop on unused parameters) and is not counted. The encoder keeps its names under
+    ``backbone.`` (``backbone.encoder.*``), so an SSL run's ``encoder.*`` weights load into
+    ``model.backbone``.
+    """
+
+    def __init__(self, model: nn.Module, num_classes: int):
+        super().__init__()
+        if not (hasattr(model, "encode") and hasattr(model, "dim_in")):
+            raise NenyaError(f"{type(model).__name__} has no encode() and dim_in, so it cannot be fine-tuned "
+                             "with a linear head; use an encoder model (resnet18/34/50/101, hvit)")
+        if hasattr(model, "head"):
+            model.head = nn.Identity()
+        self.backbone = model
+        self.dim_in = model.dim_in
+        self.classifier = LinearClassifier(model.dim_in, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits [B, num_classes] of images [B, C, H, W]."""
+        return self.classifier(self.backbone.encode(x))
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The encoder's features [B, dim_in]."""
+        return self.backbone.encode(x)
+
+    def no_weight_decay(self) -> set[str]:
+        """The backbone's own no-decay names, by their names in this model."""
+        names = self.backbone.no_weight_decay() if hasattr(self.backbone, "no_weight_decay") else set()
+        return {f"backbone.{name}" for name in names}
