@@ -4,7 +4,6 @@ import os
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from nenya.data.builtin import images_path
 from nenya.data.hdf5 import HDF5Images, check_channels
@@ -16,6 +15,7 @@ from nenya.methods.base import Method
 from nenya.metrics.knn import knn_accuracy
 from nenya.metrics.probe import feature_metrics, retrieval_top1
 from nenya.models import build_model, unwrap
+from nenya.models.heads import LinearClassifier
 from nenya.plots.embedding import embedding_scatter, views_grid
 from nenya.registry import register_method
 
@@ -48,7 +48,7 @@ class SimCLR(Method):
             labels = HDF5Images(images_path(opt), opt.train_key).labels
             opt.num_classes = int(labels.max()) + 1 if labels is not None and len(labels) else None
         if opt.num_classes:
-            model.probe = nn.Linear(model.dim_in, opt.num_classes)
+            model.probe = LinearClassifier(model.dim_in, opt.num_classes)
         return model
 
     def _images(self, path, key, transform, option=None):

@@ -421,9 +421,11 @@ class SupConHViT(nn.Module):
         self.dim_in = self.encoder.dim_out
         self.head = projection_head(head, self.dim_in, feat_dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Unit-length projections [B, feat_dim] for the contrastive loss."""
-        return F.normalize(self.head(self.encoder(x)), dim=1)
+    def forward(self, x: torch.Tensor, return_features: bool = False):
+        """Unit-length projections [B, feat_dim] for the contrastive loss (and the encoder features [B, dim_in])."""
+        features = self.encoder(x)
+        projections = F.normalize(self.head(features), dim=1)
+        return (projections, features) if return_features else projections
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Encoder features [B, dim_in] (mean-pooled, LayerNorm-ed) without the head."""
