@@ -1,12 +1,12 @@
 """Segmentation losses: cross-entropy, BCE, Dice, Dice + CE and focal, always computed in float32.
 
 ``segmentation_loss(name, num_classes, ...)`` builds a module called as ``loss(logits, target)``
-with logits [B, K, *S] (K = ``num_classes`` logit channels; K = 1 is binary, one sigmoid logit)
-and integer label maps target [B, *S]. The logits are cast to float32 and autocast is switched
+with logits ``[B, K, *S]`` (K = ``num_classes`` logit channels; K = 1 is binary, one sigmoid logit)
+and integer label maps target ``[B, *S]``. The logits are cast to float32 and autocast is switched
 off inside, so the value is the same under bf16 / fp16 mixed precision.
 
-- ``"ce"``: cross-entropy over K >= 2 classes, optional ``class_weights``:
-  -sum_i w_{y_i} log softmax(z_i)_{y_i} / sum_i w_{y_i} (torch's weighted mean);
+- ``"ce"``: cross-entropy over K >= 2 classes, optional ``class_weights`` w:
+  ``-sum_i w[y_i] log softmax(z_i)[y_i] / sum_i w[y_i]`` over pixels i (torch's weighted mean);
 - ``"bce"``: binary cross-entropy on one logit channel, optional ``pos_weight`` (the weight of
   the foreground term);
 - ``"dice"``: MONAI's ``DiceLoss`` (softmax and one-hot targets for K >= 2, background included;
@@ -48,7 +48,7 @@ def auto_class_weights(counts) -> list[float]:
 
 
 class SegmentationLoss(nn.Module):
-    """One of :data:`LOSSES` on logits [B, K, *S] and label maps [B, *S], in float32."""
+    """One of :data:`LOSSES` on logits ``[B, K, *S]`` and label maps ``[B, *S]``, in float32."""
 
     def __init__(self, name: str, num_classes: int, class_weights=None, pos_weight=None, focal_gamma: float = 2.0):
         super().__init__()
@@ -72,7 +72,7 @@ class SegmentationLoss(nn.Module):
         return F.cross_entropy(logits, target.long(), weight=self.class_weights)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """The loss (a float32 scalar) of logits [B, K, *S] against label maps [B, *S]."""
+        """The loss (a float32 scalar) of logits ``[B, K, *S]`` against label maps ``[B, *S]``."""
         with torch.autocast(device_type=logits.device.type, enabled=False):
             logits = logits.float()
             if self.name in ("ce", "bce"):

@@ -3,15 +3,15 @@
 Inputs are integer label maps, predicted and true, [B, H, W] or [B, D, H, W]; each scored class c
 is the binary mask ``labels == c``. Per image and class:
 
-- Dice = 2 |P n T| / (|P| + |T|), IoU = |P n T| / |P u T| (MONAI's ``compute_dice`` /
-  ``compute_iou`` with ``ignore_empty=False``);
+- Dice = 2 #(P and T) / (#P + #T), IoU = #(P and T) / #(P or T) (MONAI's ``compute_dice`` /
+  ``compute_iou`` with ``ignore_empty=False``; # counts pixels);
 - accuracy = (TP + TN) / pixels of the one-vs-rest mask of c (with one foreground class, the
   pixel accuracy of the image);
 - boundary F1: the boundary of a mask is its pixels with a background neighbour along an axis
   (skimage's ``find_boundaries(mode="inner", connectivity=1)``; the image border is not a
   boundary); with B_P, B_T the two boundaries and dil_r the dilation by a disk (2-D) / ball (3-D)
   of radius r = ``bf_tolerance`` pixels (offsets with x^2 + y^2 (+ z^2) <= r^2),
-  precision = |B_P n dil_r(B_T)| / |B_P|, recall = |B_T n dil_r(B_P)| / |B_T|,
+  precision = #(B_P and dil_r(B_T)) / #B_P, recall = #(B_T and dil_r(B_P)) / #B_T,
   F1 = 2 P R / (P + R) (0 when P + R = 0).
 
 Empty masks: when the predicted and true masks of a class are both empty Dice, IoU and boundary F1
@@ -31,20 +31,20 @@ METRICS = ("dice", "iou", "accuracy", "boundary_f1")
 
 
 def labels_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Label maps [B, *S] of logits [B, K, *S]: logit > 0 (sigmoid > 0.5) for K = 1, else the argmax."""
+    """Label maps ``[B, *S]`` of logits ``[B, K, *S]``: logit > 0 (sigmoid > 0.5) for K = 1, else the argmax."""
     if logits.shape[1] == 1:
         return (logits[:, 0] > 0).long()
     return logits.argmax(dim=1)
 
 
 def class_masks(labels: torch.Tensor, classes) -> torch.Tensor:
-    """Binary masks [B, K, *S] (bool) of label maps [B, *S], one per label value in ``classes``."""
+    """Binary masks ``[B, K, *S]`` (bool) of label maps ``[B, *S]``, one per label value in ``classes``."""
     values = torch.as_tensor(list(classes), device=labels.device)
     return labels.unsqueeze(1) == values.view(1, -1, *[1] * (labels.dim() - 1))
 
 
 def inner_boundaries(masks: torch.Tensor) -> torch.Tensor:
-    """Mask pixels with a background neighbour along an axis, masks [N, *S] bool -> [N, *S] bool."""
+    """Mask pixels with a background neighbour along an axis, masks ``[N, *S]`` bool -> ``[N, *S]`` bool."""
     background = (~masks).float().unsqueeze(1)  # [N, 1, *S]
     pool = F.max_pool2d if masks.dim() == 3 else F.max_pool3d
     near = torch.zeros_like(background)
@@ -64,7 +64,7 @@ def ball(radius: int, spatial_dims: int, device=None) -> torch.Tensor:
 
 
 def dilate(masks: torch.Tensor, radius: int) -> torch.Tensor:
-    """Masks [N, *S] bool dilated by a disk / ball of ``radius`` pixels (radius 0: unchanged)."""
+    """Masks ``[N, *S]`` bool dilated by a disk / ball of ``radius`` pixels (radius 0: unchanged)."""
     if radius == 0:
         return masks
     footprint = ball(radius, masks.dim() - 1, masks.device)[None, None]
@@ -79,7 +79,7 @@ def _ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
 
 
 def boundary_f1(pred: torch.Tensor, true: torch.Tensor, tolerance: int = 2) -> torch.Tensor:
-    """Boundary F1 [B, K] of binary masks pred, true [B, K, *S] within ``tolerance`` pixels."""
+    """Boundary F1 [B, K] of binary masks pred, true ``[B, K, *S]`` within ``tolerance`` pixels."""
     batch, classes, spatial = pred.shape[0], pred.shape[1], pred.shape[2:]
     pred_b = inner_boundaries(pred.reshape(batch * classes, *spatial))  # [BK, *S]
     true_b = inner_boundaries(true.reshape(batch * classes, *spatial))
@@ -95,7 +95,7 @@ def boundary_f1(pred: torch.Tensor, true: torch.Tensor, tolerance: int = 2) -> t
 
 
 def per_image_scores(pred: torch.Tensor, target: torch.Tensor, classes, bf_tolerance: int = 2) -> dict:
-    """Per image and class scores {metric: [B, K]} of label maps pred, target [B, *S] (2-D or 3-D).
+    """Per image and class scores {metric: [B, K]} of label maps pred, target ``[B, *S]`` (2-D or 3-D).
 
     Besides :data:`METRICS` the dict holds ``empty_both`` and ``empty_one`` (1.0 where the two
     masks of a class are both empty / exactly one is empty).
@@ -150,7 +150,7 @@ class SegmentationScores:
 
     @torch.no_grad()
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> dict:
-        """Score one batch of label maps [B, *S]; returns its per-image scores (kept on the CPU)."""
+        """Score one batch of label maps ``[B, *S]``; returns its per-image scores (kept on the CPU)."""
         scores = {k: v.cpu() for k, v in per_image_scores(pred, target, self.classes, self.bf_tolerance).items()}
         self.batches.append(scores)
         return scores

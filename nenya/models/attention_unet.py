@@ -1,8 +1,8 @@
 """Attention U-Net (Oktay et al. 2018, "Attention U-Net: Learning Where to Look for the Pancreas"), 2-D or 3-D.
 
 A U-Net (:class:`nenya.models.blocks.UNet`) whose skips pass through additive attention gates.
-At each decoder level the skip x [B, C, *S] is gated by g [B, C_g, *S / 2], the coarser
-decoder features (the bottleneck at the deepest level):
+At each decoder level the skip x ``[B, C, *S]`` is gated by g ``[B, C_g, *S / 2]``, the coarser
+decoder features (the bottleneck at the deepest level)::
 
     q     = ReLU(W_x x + W_g g + b_g)        # [B, C / 2, *S / 2]
     alpha = sigmoid(psi q + b_psi)           # [B, 1, *S / 2], upsampled (bi/trilinear) to *S
@@ -28,7 +28,7 @@ DEFAULT_WIDTHS = (32, 64, 128, 256, 512)
 
 
 class AttentionGate(nn.Module):
-    """Additive attention gate: skip x [B, C, *S] times alpha [B, 1, *S] computed from x and g [B, C_g, *S/2]."""
+    """Additive attention gate: skip x ``[B, C, *S]`` times alpha ``[B, 1, *S]`` from x and g ``[B, C_g, *S/2]``."""
 
     def __init__(self, spatial_dims: int, skip_channels: int, gate_channels: int):
         super().__init__()
@@ -40,18 +40,18 @@ class AttentionGate(nn.Module):
         self.mode = "bilinear" if spatial_dims == 2 else "trilinear"
 
     def attention(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        """alpha [B, 1, *S] in (0, 1) for skip x [B, C, *S] and gating signal g [B, C_g, *S / 2]."""
+        """alpha ``[B, 1, *S]`` in (0, 1) for skip x ``[B, C, *S]`` and gating signal g ``[B, C_g, *S / 2]``."""
         q = F.relu(self.w_x(x) + self.w_g(g))  # [B, C / 2, *S / 2]
         alpha = torch.sigmoid(self.psi(q))  # [B, 1, *S / 2]
         return F.interpolate(alpha, size=x.shape[2:], mode=self.mode, align_corners=False)
 
     def forward(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        """The gated skip x * alpha [B, C, *S]."""
+        """The gated skip x * alpha ``[B, C, *S]``."""
         return x * self.attention(x, g)
 
 
 class AttentionUNet(UNet):
-    """U-Net with an :class:`AttentionGate` on every skip; logits [B, num_classes, *S] for any input size.
+    """U-Net with an :class:`AttentionGate` on every skip; logits ``[B, num_classes, *S]`` for any input size.
 
     ``num_classes`` 1 gives one logit channel (binary, sigmoid), K > 1 gives K channels (softmax).
     """

@@ -26,7 +26,7 @@ token grids divide into the merges and groups of every stage (:func:`padded_size
 logits cropped back; e.g. with the defaults, 64^3 and 16 x 32 x 32 need no padding.
 
 Deep supervision (``deep_supervision=True``): in training mode ``forward`` returns a tuple
-(logits [B, K, D, H, W], aux) where aux[j] [B, K, *S_j] is a linear head on the tokens of decoder
+(logits [B, K, D, H, W], aux) where aux[j] ``[B, K, *S_j]`` is a linear head on the tokens of decoder
 stage j + 1, finest first: S_j = ceil(input size / (patch * 2**(j + 1))) per axis (e.g. 4^3 and
 2^3 for a 16 x 32 x 32 input); resize the masks to each S_j (nearest) for their loss terms. In
 eval mode, or without deep supervision, ``forward`` returns the logits tensor alone.
@@ -62,7 +62,7 @@ def padded_size(size: int, patch: int, stages: int, group: int) -> int:
 
 
 def group_tokens(x: torch.Tensor, groups, dilated: bool) -> torch.Tensor:
-    """Tokens x [B, D, H, W, C] as [B * n_groups, g_d * g_h * g_w, C], local or dilated groups."""
+    """Tokens x [B, D, H, W, C] as ``[B * n_groups, g_d * g_h * g_w, C]``, local or dilated groups."""
     batch, depth, height, width, channels = x.shape
     (gd, gh, gw), (nd, nh, nw) = groups, (depth // groups[0], height // groups[1], width // groups[2])
     if dilated:  # d = i_in_group * n_d + group: tokens n_d apart attend together
@@ -73,7 +73,7 @@ def group_tokens(x: torch.Tensor, groups, dilated: bool) -> torch.Tensor:
 
 
 def ungroup_tokens(x: torch.Tensor, grid, groups, dilated: bool) -> torch.Tensor:
-    """Inverse of :func:`group_tokens`: [B * n_groups, g_d * g_h * g_w, C] -> [B, D, H, W, C]."""
+    """Inverse of :func:`group_tokens`: ``[B * n_groups, g_d * g_h * g_w, C]`` -> [B, D, H, W, C]."""
     (gd, gh, gw), (nd, nh, nw) = groups, (grid[0] // groups[0], grid[1] // groups[1], grid[2] // groups[2])
     channels = x.shape[-1]
     x = x.view(-1, nd, nh, nw, gd, gh, gw, channels)
