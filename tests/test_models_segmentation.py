@@ -279,3 +279,38 @@ def test_dformer3d_blocks_alternate_local_and_dilated_groups():
     model = build_model("dformer3d", **TINY_DFORMER)
     for stage in list(model.encoder) + list(model.decoder):
         assert [block.attn.dilated for block in stage.blocks] == [i % 2 == 1 for i in range(len(stage.blocks))]
+
+
+def test_stage_position_encoding_is_x_plus_a_depthwise_conv():
+    from nenya.models.dformer3d import Stage
+
+    torch.manual_seed(0)
+    stage = Stage(dim=4, depth=0, num_heads=1, group_size=(2, 2, 2), mlp_ratio=4.0)  # no blocks: the encoding alone
+    x = torch.randn(2, 3, 4, 5, 4)  # [B, D, H, W, C]
+    channels_first = x.permute(0, 4, 1, 2, 3)
+    expected = channels_first + F.conv3d(channels_first, stage.pos.weight, stage.pos.bias, padding=1, groups=4)
+    torch.testing.assert_close(stage(x), expected.permute(0, 2, 3, 4, 1))
+
+
+def test_patch_merging_concatenates_each_2x2x2_neighbourhood():
+    from nenya.models.dformer3d import PatchMerging
+
+    merge = PatchMerging(3, 5)
+    merge.norm, merge.reduce = torch.nn.Identity(), torch.nn.Identity()  # look at the rearrangement alone
+    x = torch.randn(1, 4, 2, 6, 3)
+    out = merge(x)  # [1, 2, 1, 3, 24]
+    for d, h, w in itertools.product(range(2), range(1), range(3)):
+        neighbours = [x[0, 2 * d + i, 2 * h + j, 2 * w + k] for i, j, k in itertools.product(range(2), repeat=3)]
+        torch.testing.assert_close(out[0, d, h, w], torch.cat(neighbours))
+
+
+def test_patch_expanding_puts_each_part_of_a_token_at_its_voxel():
+    from nenya.models.dformer3d import PatchExpanding
+
+    expand = PatchExpanding(4, 2, factor=(1, 2, 3))
+    expand.norm = torch.nn.Identity()
+    x = torch.randn(1, 2, 2, 2, 4)
+    out, parts = expand(x), expand.expand(x)  # [1, 2, 4, 6, 2], [1, 2, 2, 2, 12]
+    for d, h, w, i, j, k in itertools.product(range(2), range(2), range(2), range(1), range(2), range(3)):
+        part = (i * 2 + j) * 3 + k
+        torch.testing.assert_close(out[0, d + i, 2 * h + j, 3 * w + k], parts[0, d, h, w, 2 * part:2 * part + 2])
