@@ -507,8 +507,10 @@ def fit(run: Run, resume: bool = False, resume_hint: str = "") -> dict:
     except WriteFailed as err:
         raise WriteFailed(f"{err}; free some space, then continue with: {again}") from None
     except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM from a scheduler (Terminated)
-        run.log(f"{'terminated (SIGTERM)' if isinstance(err, Terminated) else 'interrupted'}; last.pth is kept; "
-                f"continue with: {again}")
+        what = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted"
+        kept = "last.pth is kept" if os.path.isfile(os.path.join(run.folder, "last.pth")) else \
+            "no checkpoint written yet"
+        run.log(f"{what} ({kept}); continue with: {again}")
         raise
 
 
@@ -544,6 +546,8 @@ def _fit(run: Run, resume: bool) -> dict:
             log("at initialisation: " + ", ".join(f"{k} {v:.4f}" for k, v in init_metrics.items()))
 
         last_valid, last_train_loss = dict(init_metrics), None
+        if resume:  # what metrics.json reports, also when the run had finished all its epochs
+            last_valid, last_train_loss = state.get("final") or last_valid, state.get("train_loss")
         for epoch in range(start_epoch, opt.epochs + 1):
             seed = epoch_seed(opt.seed, epoch)
             seed_everything(seed)
@@ -577,7 +581,8 @@ def _fit(run: Run, resume: bool) -> dict:
             elif run.valid_loader is None and is_better(result.loss, best["value"], "min"):
                 best, improved = {"metric": "loss_train", "value": result.loss, "epoch": epoch}, True
 
-            state = checkpoint_state(model, optimizer, run.scaler, epoch, step, opt, best, init_metrics)
+            state = checkpoint_state(model, optimizer, run.scaler, epoch, step, opt, best, init_metrics, last_valid,
+                                     last_train_loss)
             save_checkpoint(os.path.join(folder, "last.pth"), state)
             if improved:
                 save_checkpoint(os.path.join(folder, "best.pth"), state)

@@ -382,6 +382,10 @@ ROWS += [
                                              "--resume")),
     Row("train-mae-disk-full-at-curves", **train("mae", "model_root={here}", writes=True), patch=patch_curve_disk,
         expect=("losses_valid.h5", "No space left on device", "free", "--resume")),
+    Row("train-mae-disk-full-at-curves-on-resume", **train("mae", "--resume", "epochs=2", "model_root={here}",
+                                                           writes=True),
+        prepare=lambda w, h: copy_run(w, h, "mae", epochs=2), patch=patch_curve_disk,
+        expect=("losses_train.h5", "No space left on device", "the previous losses_train.h5 is intact", "--resume")),
     Row("train-supcon-disk-full-at-figure", **train("supcon", "model_root={here}", writes=True),
         patch=patch_figure_disk, expect=(".png", "No space left on device", "free", "--resume")),
     # nenya.evaluate
@@ -520,6 +524,9 @@ def test_bad_input(world, row, capsys, monkeypatch):
         assert text in errors[0], (text, errors[0])
     for text in row.absent:
         assert text not in errors[0], (text, errors[0])
+    if "cannot write " in errors[0]:  # the file that could not be written: as before, or still absent
+        target = errors[0].split("cannot write ", 1)[1].split(": ", 1)[0]
+        assert target in before or not os.path.exists(target), target
     assert not problems, problems
 
 

@@ -88,13 +88,17 @@ def load_model_state(model: torch.nn.Module, state_dict: dict, path: str) -> Non
     model.load_state_dict(state_dict)
 
 
-def checkpoint_state(model, optimizer, scaler, epoch: int, step: int, opt, best: dict, init_metrics: dict) -> dict:
-    """Everything a resumed run needs, as tensors and plain values (the bare model, not its wrapper)."""
+def checkpoint_state(model, optimizer, scaler, epoch: int, step: int, opt, best: dict, init_metrics: dict,
+                     final: dict | None = None, train_loss: float | None = None) -> dict:
+    """Everything a resumed run needs, as tensors and plain values (the bare model, not its wrapper).
+
+    ``final`` and ``train_loss``: the latest validation metrics and training loss, for metrics.json.
+    """
     bare = getattr(model, "module", model)
     return {"model": bare.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": {},
             "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None, "ema": None,
             "epoch": epoch, "step": step, "best": best, "init_metrics": init_metrics, "rng": rng_state(),
-            "opts": opt.to_dict()}
+            "opts": opt.to_dict(), "final": final, "train_loss": train_loss}
 
 
 def restore_training_state(path: str, model, optimizer, scaler, optimizer_name: str,
