@@ -33,9 +33,10 @@ parsed as JSON (``epochs=3``, ``flip=true``, ``lr_decay_epochs=[30,40]``) and ke
 string when it is not JSON (``ssl_model=resnet50``).
 An unknown key is an error with a did-you-mean, a value of the wrong type or outside the
 allowed values is an error (numbers are checked against the range in the *allowed values*
-column when the options are loaded, and NaN or infinity is never accepted), and *derived* keys are recomputed by ``option_preprocess``
-whatever the file says; the resolved options are saved as ``opts.json`` in the run folder,
-and that file can be passed back to ``python -m nenya.train``.
+column when the options are loaded, and NaN or infinity is never accepted), and *derived*
+keys are recomputed by ``option_preprocess`` whatever the file says; the resolved options
+are saved as ``opts.json`` in the run folder, and that file can be passed back to
+``python -m nenya.train``.
 """
 
 # Characters docutils would read as markup in plain text.

@@ -35,7 +35,7 @@ FIXED = [
     ("validate", 1, "KILL"),  # the validation at initialisation: before the first checkpoint
     ("step", 1, "KILL"),  # the first training step: before the first checkpoint
     ("save:last.pth", 1, "KILL"),  # writing the first last.pth: its temporary file is left, nothing else
-    ("save:best.pth", 1, "KILL"),  # writing best.pth of epoch 2, after its last.pth
+    ("save:best.pth", 2, "KILL"),  # writing best.pth of the last epoch, after its last.pth: resume must restore it
     ("save:ckpt_epoch_2.pth", 1, "KILL"),  # writing ckpt_epoch_2.pth, after last.pth and best.pth
     ("figure", 2, "KILL"),  # writing the second figure of epoch 2, before its checkpoint
     ("step", 4, "TERM"),  # a scheduler's SIGTERM in the last step of epoch 2
