@@ -322,7 +322,7 @@ def test_a_worker_error_keeps_only_its_own_line():
     assert one_line("a plain message") == "a plain message"
 
 
-def test_a_damaged_cube_read_by_workers_is_one_line_in_a_real_process(tmp_path):
+def test_a_damaged_cube_read_by_workers_is_one_line_in_a_real_process(tmp_path, capsys):
     rng = np.random.default_rng(0)
     lines = ["path,split"]
     for index in range(5):
@@ -343,3 +343,5 @@ def test_a_damaged_cube_read_by_workers_is_one_line_in_a_real_process(tmp_path):
     assert done.returncode == 2 and len(errors) == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
     assert "c2.h5:cube item" in errors[0] and "cannot be read" in errors[0]
     assert "DataLoader worker" not in done.stderr
+    assert train_cli([opts, "num_workers=0", "model_name=no_workers"]) == 2  # the same line without workers
+    assert [line for line in capsys.readouterr().err.splitlines() if line.startswith("nenya: error:")] == errors

@@ -116,7 +116,7 @@ def make_run_folder(folder: str) -> None:
     """Create the run folder; a read-only or non-folder model_root is a NenyaError naming it."""
     try:
         os.makedirs(folder, exist_ok=True)
-        probe = os.path.join(folder, ".nenya_write_test.tmp")
+        probe = os.path.join(folder, "nenya_write_test.tmp")
         with open(probe, "w"):
             pass
         os.remove(probe)
