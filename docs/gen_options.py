@@ -32,9 +32,11 @@ On the command line, ``key=value`` arguments after the opts file override it, ea
 parsed as JSON (``epochs=3``, ``flip=true``, ``lr_decay_epochs=[30,40]``) and kept as a plain
 string when it is not JSON (``ssl_model=resnet50``).
 An unknown key is an error with a did-you-mean, a value of the wrong type or outside the
-allowed values is an error, and *derived* keys are recomputed by ``option_preprocess``
-whatever the file says; the resolved options are saved as ``opts.json`` in the run folder,
-and that file can be passed back to ``python -m nenya.train``.
+allowed values is an error (numbers are checked against the range in the *allowed values*
+column when the options are loaded, and NaN or infinity is never accepted), and *derived*
+keys are recomputed by ``option_preprocess`` whatever the file says; the resolved options
+are saved as ``opts.json`` in the run folder, and that file can be passed back to
+``python -m nenya.train``.
 """
 
 # Characters docutils would read as markup in plain text.
@@ -84,6 +86,17 @@ def format_type(option) -> str:
     return f"{kind} or null" if option.nullable else kind
 
 
+def format_range(option) -> str:
+    """The declared range and rule of a numeric option, e.g. 'each in [0, 1)' or 'at least 1'."""
+    text = option.range_text()
+    if text and option.type.endswith("_list"):
+        text = f"each {text}"
+    parts = [part for part in (text, option.rule) if part]
+    if option.type in ("float", "float_list"):
+        parts.append("finite")
+    return _escape("; ".join(parts))
+
+
 def format_choices(option, registries: dict) -> str:
     if option.choices is not None:
         return ", ".join(_literal(json.dumps(choice)) for choice in option.choices)
@@ -91,8 +104,8 @@ def format_choices(option, registries: dict) -> str:
         names, where = registries[option.name]
         return ", ".join(_literal(json.dumps(name)) for name in names) + f" ({where})"
     if option.type == "int_list":
-        return "JSON list, or a comma-separated string"
-    return ""
+        return "; ".join(part for part in (format_range(option), "JSON list, or a comma-separated string") if part)
+    return format_range(option)
 
 
 def format_methods(option) -> str:

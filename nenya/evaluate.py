@@ -7,6 +7,7 @@ figures into ``--out`` (default ``RUN_DIR/eval``); an existing ``eval_metrics.js
 
 import os
 import sys
+import warnings
 
 import torch
 
@@ -16,17 +17,20 @@ from nenya.io.checkpoints import load_checkpoint, load_model_state
 from nenya.io.run_folder import read_run_options
 from nenya.methods import get_method
 from nenya.params import Params, option_preprocess
-from nenya.train_util import evaluation_pass, seed_everything, select_device
+from nenya.train_util import data_name, evaluation_pass, seed_everything, select_device
 
 METRICS_FILE = "eval_metrics.json"
 
 
-def checkpoint_file(folder: str, checkpoint: str) -> str:
-    """The checkpoint file ``load_run`` reads for ``checkpoint`` ('best' falls back to last.pth)."""
+def checkpoint_file(folder: str, checkpoint: str, warn: bool = False) -> str:
+    """The checkpoint file ``load_run`` reads for ``checkpoint`` ('best' falls back to last.pth, with a warning)."""
     name = checkpoint if checkpoint.endswith(".pth") else f"{checkpoint}.pth"
     path = os.path.join(folder, name)
     if checkpoint == "best" and not os.path.isfile(path):
         path = os.path.join(folder, "last.pth")
+        if warn and os.path.isfile(path):
+            warnings.warn(f"{folder} has no best.pth (no validation improved yet, or it was lost); using last.pth "
+                          f"instead (--checkpoint best)")
     return path
 
 
@@ -36,7 +40,7 @@ def load_run(folder: str, checkpoint: str = "best"):
     if options is None:
         raise NenyaError(f"{folder} is not a nenya run folder (it has no opts.json)")
     opt = option_preprocess(Params(options, source_name=os.path.join(folder, "opts.json"), warn_unused=False))
-    path = checkpoint_file(folder, checkpoint)
+    path = checkpoint_file(folder, checkpoint, warn=True)
     method = get_method(opt)
     model = method.build_model()
     load_model_state(model, load_checkpoint(path)["model"], path)
@@ -55,6 +59,8 @@ def evaluate_run(folder: str, data: str | None = None, key: str | None = None, c
                  out: str | None = None, overwrite: bool = False) -> dict:
     """Evaluate a run's checkpoint on ``data``/``key`` (default: its own validation data); return the record."""
     out = out if out is not None else os.path.join(folder, "eval")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise NenyaError(f"--out {out} is a file; give a folder for {METRICS_FILE} and the figures")
     metrics_path = os.path.join(out, METRICS_FILE)
     if os.path.exists(metrics_path) and not overwrite:
         raise NenyaError(f"{metrics_path} already exists; choose another --out folder or pass --overwrite")
@@ -64,8 +70,13 @@ def evaluate_run(folder: str, data: str | None = None, key: str | None = None, c
     device = select_device(opt)
     model = model.to(device)
     dataset = method.eval_dataset(data, key)
+    if len(dataset) == 0:
+        raise NenyaError(f"{data_name(dataset)} holds 0 images; nothing to evaluate (choose another --data or --key)")
     seed_everything(opt.seed)
-    os.makedirs(out, exist_ok=True)
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as err:
+        raise NenyaError(f"cannot create the --out folder {out} ({err.strerror or err})") from None
 
     def run(data, step, desc="evaluate"):
         return evaluation_pass(data, model, step, device, opt, desc)

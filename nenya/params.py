@@ -44,10 +44,19 @@ class Params:
 
 def load_options(path: str) -> dict:
     """Read a JSON opts file into a dict; invalid JSON is a NenyaError with line and column."""
+    if os.path.isdir(path):
+        raise NenyaError(f"options file {path} is a folder; give the JSON opts file (a run folder's opts.json "
+                         f"works too)")
     if not os.path.isfile(path):
         raise NenyaError(f"options file {path} does not exist")
-    with open(path) as handle:
-        text = handle.read()
+    with open(path, "rb") as handle:
+        raw = handle.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[:err.start].count(b"\n") + 1
+        raise NenyaError(f"{path} is not UTF-8 text (byte 0x{raw[err.start]:02x} at line {line}); save the opts "
+                         f"file as UTF-8 JSON") from None
     try:
         values = json.loads(text)
     except json.JSONDecodeError as err:
@@ -87,7 +96,7 @@ def _coerce(option, value, source: str):
             return value
     elif kind == "float":
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            return _finite(option, float(value), where)
     elif kind == "str":
         if isinstance(value, str):
             return value
@@ -101,8 +110,46 @@ def _coerce(option, value, source: str):
             return list(value)
     elif kind == "float_list":
         if isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-            return [float(v) for v in value]
+            return [_finite(option, float(v), where) for v in value]
     raise NenyaError(f"{where} must be {kind}, got {json.dumps(value)} ({type(value).__name__})")
+
+
+def _finite(option, value: float, where: str) -> float:
+    """``value`` when it is a finite number; NaN and infinity are a NenyaError."""
+    if not math.isfinite(value):
+        allowed = f" ({option.range_text()})" if option.range_text() else ""
+        raise NenyaError(f"{where} is {value}; it must be a finite number{allowed}")
+    return value
+
+
+def check_range(option, value, source: str) -> None:
+    """A NenyaError unless ``value`` (every element of a list) lies in the option's declared range."""
+    if value is None or not option.numeric:
+        return
+    for number in value if isinstance(value, list) else [value]:
+        if not option.in_range(number):
+            each = "each element" if isinstance(value, list) else "it"
+            raise NenyaError(f"{source}: option '{option.name}' is {json.dumps(value)}; {each} must be "
+                             f"{option.range_text()}")
+
+
+def _check_rules(resolved: dict, source: str) -> None:
+    """The conditions between list elements and between options that a range cannot say."""
+    crop = resolved["random_cropjitter"]
+    if crop is not None and len(crop) not in (0, 2):
+        raise NenyaError(f"{source}: option 'random_cropjitter' must be [crop, jitter], got {crop}")
+    if crop and crop[0] < 1:
+        raise NenyaError(f"{source}: option 'random_cropjitter' is {crop}; the crop must be at least 1 pixel")
+    for key, length in (("betas", 2), ("valid_range", 2), ("patch_size", 2), ("rgb_bands", 3)):
+        if resolved[key] is not None and len(resolved[key]) != length:
+            raise NenyaError(f"{source}: option '{key}' must hold {length} numbers, got {resolved[key]}")
+    low_high = resolved["valid_range"]
+    if low_high is not None and not low_high[0] < low_high[1]:
+        raise NenyaError(f"{source}: option 'valid_range' is {low_high}; it must be [low, high] with low < high")
+    bands = resolved["rgb_bands"]
+    if bands is not None and resolved["method"] == "mae" and max(bands) >= resolved["nchannels"]:
+        raise NenyaError(f"{source}: option 'rgb_bands' is {bands}; band indices must be below "
+                         f"nchannels={resolved['nchannels']}")
 
 
 def _canonical_names(values: dict, source: str) -> dict:
@@ -164,16 +211,9 @@ def validate(values: dict, source: str = "options", warn_unused: bool = True) ->
     if warn_unused:
         _warn_unused({key: value for key, value in given.items() if not SCHEMA[key].derived},
                      resolved["method"], source)
-    for key in ("epochs", "batch_size_train", "batch_size_valid", "save_freq", "valid_freq", "print_freq", "nchannels",
-                "accumulate_grad_batches"):
-        if resolved[key] < 1:
-            raise NenyaError(f"{source}: option '{key}' must be at least 1, got {resolved[key]}")
-    crop = resolved["random_cropjitter"]
-    if crop is not None and len(crop) not in (0, 2):
-        raise NenyaError(f"{source}: option 'random_cropjitter' must be [crop, jitter], got {crop}")
-    for key, length in (("betas", 2), ("valid_range", 2), ("patch_size", 2), ("rgb_bands", 3)):
-        if resolved[key] is not None and len(resolved[key]) != length:
-            raise NenyaError(f"{source}: option '{key}' must hold {length} numbers, got {resolved[key]}")
+    for option in OPTIONS:
+        check_range(option, resolved[option.name], source)
+    _check_rules(resolved, source)
     return resolved
 
 

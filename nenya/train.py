@@ -4,17 +4,16 @@ Flags and ``key=value`` overrides may come in any order. From Python, ``main`` i
 """
 
 import json
-import os
 import sys
 
 import torch
 
 from nenya.errors import run_cli
-from nenya.io.run_folder import check_run_folder, open_log
+from nenya.io.run_folder import check_run_folder, clear_unfinished_run, make_run_folder, open_log
 from nenya.methods import get_method
 from nenya.params import get_options, parse_overrides, run_dir
-from nenya.train_util import (Run, fit, make_scaler, monitor_of, nenya_loader, seed_everything, select_device,
-                              set_model, set_optimizer)
+from nenya.train_util import (Run, fit, make_scaler, monitor_of, nenya_loader, nonfinite_count, seed_everything,
+                              select_device, set_model, set_optimizer)
 
 
 def describe_batch(batch) -> str:
@@ -24,12 +23,22 @@ def describe_batch(batch) -> str:
                      for item in items if isinstance(item, torch.Tensor))
 
 
+def command_line(opts_path: str, overrides: dict) -> str:
+    """The ``python -m nenya.train`` command of these options and overrides (for the ``--resume`` hint)."""
+    items = [f"{key}={value if isinstance(value, str) and ' ' not in value else json.dumps(value)}"
+             for key, value in overrides.items()]
+    return " ".join(["python -m nenya.train", opts_path, *items])
+
+
 def dry_run(opt, model, train_loader, log) -> dict:
     """Print the resolved options, the parameter count and one batch's shapes; train nothing."""
     log(json.dumps(opt.to_dict(), indent=2, sort_keys=True))
     parameters = sum(p.numel() for p in model.parameters())
     log(f"model {opt.model}: {parameters:,} parameters")
-    log(f"one training batch: {describe_batch(next(iter(train_loader)))}")
+    batch = next(iter(train_loader))
+    bad = nonfinite_count(batch)
+    log(f"one training batch: {describe_batch(batch)}" + (f" with {bad} non-finite values (NaN or inf): training "
+                                                           f"on them would stop at a non-finite loss" if bad else ""))
     log(f"run folder would be {run_dir(opt)}")
     return {"parameters": parameters}
 
@@ -38,6 +47,7 @@ def main(opts_path: str, overrides: dict | None = None, debug: bool = False, res
          dry: bool = False, verbose: bool = True) -> dict:
     """Train (or resume, or dry-run) the run an opts file describes; return its metrics."""
     overrides = dict(overrides or {})
+    given = dict(overrides)
     if debug:
         overrides.setdefault("num_workers", 0)
         overrides.setdefault("print_freq", 1)
@@ -56,12 +66,16 @@ def main(opts_path: str, overrides: dict | None = None, debug: bool = False, res
         return dry_run(opt, model, train_loader, open_log(None, verbose))
 
     folder = run_dir(opt)
-    check_run_folder(folder, opt.to_dict(), resume)
-    os.makedirs(folder, exist_ok=True)
+    restart = check_run_folder(folder, opt.to_dict(), resume)
+    make_run_folder(folder)
     log = open_log(folder, verbose)
+    if restart:  # --resume of a run stopped before its first checkpoint: nothing to lose, start it again
+        clear_unfinished_run(folder)
+        log(f"nothing to resume in {folder} (no checkpoint yet): starting the run from the beginning")
+        resume = False
     run = Run(opt, method, model, optimizer, make_scaler(opt, device), device, train_loader, valid_loader, folder,
               log)
-    return fit(run, resume=resume, resume_hint=f"python -m nenya.train {opts_path}")
+    return fit(run, resume=resume, resume_hint=command_line(opts_path, given))
 
 
 def cli(argv=None) -> int:

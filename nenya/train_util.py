@@ -18,9 +18,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+from nenya.errors import NenyaError, Terminated, WriteFailed
 from nenya.io import curves
 from nenya.io.checkpoints import checkpoint_state, restore_training_state, save_checkpoint
-from nenya.io.run_folder import write_metrics, write_options
+from nenya.io.run_folder import repair_checkpoints, write_metrics, write_options
 from nenya.methods import get_method
 from nenya.models import unwrap
 
@@ -195,10 +196,28 @@ def make_loader(dataset, batch_size: int, shuffle: bool, num_workers: int, drop_
                       persistent_workers=False, generator=torch.Generator().manual_seed(seed))
 
 
+def data_name(dataset) -> str:
+    """Where a data set comes from, for messages: ``file.h5:key`` or ``list.csv (split valid)``."""
+    dataset = getattr(dataset, "dataset", dataset)  # a Subset: the data set it takes items from
+    path = getattr(dataset, "path", None)
+    if path is None:
+        return type(dataset).__name__
+    return f"{path} (split {dataset.split})" if hasattr(dataset, "split") else f"{path}:{dataset.key}"
+
+
+def require_items(dataset, what: str, fix: str) -> None:
+    """A NenyaError when ``dataset`` holds no items: ``what`` names its role, ``fix`` says what would help."""
+    if dataset is not None and len(dataset) == 0:
+        raise NenyaError(f"the {what} {data_name(dataset)} hold 0 images; {fix}")
+
+
 def method_datasets(method) -> tuple:
     """(train, valid) of a method, built once; with overfit_batches both are the first training batches."""
     if getattr(method, "_datasets", None) is None:
         train, valid = method.build_datasets()
+        require_items(train, "training data", "give a train_key (or train_split) that holds images")
+        require_items(valid, "validation data", "give a valid_key (or valid_split) that holds images, or null "
+                                                "for no validation")
         batches = method.opt.overfit_batches
         if batches:
             train = Subset(train, range(min(len(train), batches * method.opt.batch_size_train)))
@@ -262,6 +281,57 @@ class EpochResult(tuple):
         return self[0]
 
 
+def nonfinite_count(batch) -> int:
+    """Number of NaN or infinite values in the floating-point tensors of a (nested) batch."""
+    if isinstance(batch, torch.Tensor):
+        return int((~torch.isfinite(batch)).sum()) if batch.is_floating_point() else 0
+    if isinstance(batch, (list, tuple)):
+        return sum(nonfinite_count(item) for item in batch)
+    if isinstance(batch, dict):
+        return sum(nonfinite_count(item) for item in batch.values())
+    return 0
+
+
+def data_option(opt) -> str:
+    """The options naming the data, as written: ``images_file 'x.h5' in data_folder 'd'`` (or ``data_csv``)."""
+    if getattr(opt, "data_csv", None):
+        return f"data_csv '{opt.data_csv}' in data_folder '{opt.data_folder}'"
+    return f"images_file '{opt.images_file}' in data_folder '{opt.data_folder}'"
+
+
+def check_finite_loss(loss: torch.Tensor, batch, epoch: int, batch_id: int, total: int, opt, lr: float) -> None:
+    """A NenyaError at a non-finite training loss, naming the epoch, the step and the likely cause.
+
+    The check is on the loss itself, before backward, so the weights never take a non-finite step (an
+    fp16 gradient scaler's skipped steps, from overflowing gradients, are not this).
+    """
+    if bool(torch.isfinite(loss.detach()).all()):
+        return
+    value = loss.detach().float().cpu().flatten()[0].item()
+    bad = nonfinite_count(batch)
+    if bad:
+        cause = (f"the batch holds {bad} non-finite values (NaN or inf): the training data ({data_option(opt)}) "
+                 f"need cleaning or masking")
+    else:
+        cause = (f"the batch's values are finite, so the learning rate is likely too high (learning_rate "
+                 f"{opt.learning_rate:g}, this step {lr:.3g}): lower it")
+    raise NenyaError(f"the training loss is {value} at epoch {epoch}, step {batch_id + 1} of {total}: {cause}; "
+                     f"training stopped before saving anything of this epoch")
+
+
+def check_finite_validation(metrics: dict, loader, epoch: int, opt) -> None:
+    """A NenyaError when the validation loss is not finite (the training weights are: their loss was checked)."""
+    value = metrics.get("loss")
+    if value is None or math.isfinite(value):
+        return
+    bad = sum(nonfinite_count(batch) for batch in loader)
+    cause = (f"the validation data hold {bad} non-finite values (NaN or inf); clean or mask them" if bad else
+             "the model's outputs overflow on the validation data; lower learning_rate")
+    when = "at initialisation" if epoch == 0 else f"after epoch {epoch}"
+    raise NenyaError(f"the validation loss is {value} {when} ({data_name(loader.dataset)}, from "
+                     f"{data_option(opt)}): {cause}; training stopped before saving anything of this epoch")
+
+
 def as_method(criterion, opt):
     """The Method that turns a batch into a loss: ``criterion`` itself, or the options' method using it."""
     if hasattr(criterion, "loss"):
@@ -298,6 +368,7 @@ def train_model(train_loader, model, criterion, optimizer, epoch: int, opt, cuda
         step_learning_rate(opt, epoch, batch_id, total, optimizer)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             loss, scalars = method.loss(model, batch)
+        check_finite_loss(loss, batch, epoch, batch_id, total, opt, optimizer.param_groups[0]["lr"])
         scalars = dict(scalars)
         objective = loss + scalars.pop("aux_loss", 0.0)  # side heads (an online probe) train, unreported
         scaler.scale(objective / accumulate if accumulate > 1 else objective).backward()
@@ -428,7 +499,25 @@ class Run:
 
 
 def fit(run: Run, resume: bool = False, resume_hint: str = "") -> dict:
-    """Train ``run`` from epoch 1 (or after its last.pth): checkpoints, curves, TensorBoard; return metrics.json."""
+    """Train ``run`` from epoch 1 (or after its last.pth): checkpoints, curves, TensorBoard; return metrics.json.
+
+    A file that cannot be written (full disk) stops the run with a WriteFailed that says how to continue.
+    """
+    again = f"{resume_hint or 'the same command'} --resume"
+    try:
+        return _fit(run, resume)
+    except WriteFailed as err:
+        raise WriteFailed(f"{err}; free some space, then continue with: {again}") from None
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM from a scheduler (Terminated)
+        what = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted"
+        kept = "last.pth is kept" if os.path.isfile(os.path.join(run.folder, "last.pth")) else \
+            "no checkpoint written yet"
+        run.log(f"{what} ({kept}); continue with: {again}")
+        raise
+
+
+def _fit(run: Run, resume: bool) -> dict:
+    """The epoch driver behind :func:`fit`."""
     from torch.utils.tensorboard import SummaryWriter
 
     opt, method, model, optimizer, log, folder = run.opt, run.method, run.model, run.optimizer, run.log, run.folder
@@ -444,18 +533,23 @@ def fit(run: Run, resume: bool = False, resume_hint: str = "") -> dict:
         for curve in (train_h5, valid_h5):
             curves.truncate_after(curve, state["epoch"])
         log(f"resuming {folder} after epoch {state['epoch']}")
+        for note in repair_checkpoints(folder, state, opt.save_freq):
+            log(note)
     write_options(folder, opt.to_dict())
     writer = SummaryWriter(os.path.join(folder, "tb"), purge_step=step if resume else None)
     log(f"training {opt.method} / {opt.model} on {run.device} "
         f"({sum(p.numel() for p in model.parameters()):,} parameters) into {folder}")
 
-    if start_epoch == 1 and run.valid_loader is not None:
-        init_metrics = validate(run.valid_loader, model, method, run.device, opt)["metrics"]
-        curves.append_epoch(valid_h5, 0, {f"{k}_valid": v for k, v in init_metrics.items()})
-        log("at initialisation: " + ", ".join(f"{k} {v:.4f}" for k, v in init_metrics.items()))
-
-    last_valid, last_train_loss = dict(init_metrics), None
     try:
+        if start_epoch == 1 and run.valid_loader is not None:
+            init_metrics = validate(run.valid_loader, model, method, run.device, opt)["metrics"]
+            check_finite_validation(init_metrics, run.valid_loader, 0, opt)
+            curves.append_epoch(valid_h5, 0, {f"{k}_valid": v for k, v in init_metrics.items()})
+            log("at initialisation: " + ", ".join(f"{k} {v:.4f}" for k, v in init_metrics.items()))
+
+        last_valid, last_train_loss = dict(init_metrics), None
+        if resume:  # what metrics.json reports, also when the run had finished all its epochs
+            last_valid, last_train_loss = state.get("final") or last_valid, state.get("train_loss")
         for epoch in range(start_epoch, opt.epochs + 1):
             seed = epoch_seed(opt.seed, epoch)
             seed_everything(seed)
@@ -476,6 +570,7 @@ def fit(run: Run, resume: bool = False, resume_hint: str = "") -> dict:
             if run.valid_loader is not None and (epoch % opt.valid_freq == 0 or epoch == opt.epochs):
                 valid = validate(run.valid_loader, model, method, run.device, opt)
                 last_valid = valid["metrics"]
+                check_finite_validation(last_valid, run.valid_loader, epoch, opt)
                 curves.append_epoch(valid_h5, epoch, {f"{k}_valid": v for k, v in last_valid.items()},
                                     {"loss_step_valid": valid["loss_step"], "loss_avg_valid": valid["loss_avg"]})
                 for name, value in last_valid.items():
@@ -488,7 +583,8 @@ def fit(run: Run, resume: bool = False, resume_hint: str = "") -> dict:
             elif run.valid_loader is None and is_better(result.loss, best["value"], "min"):
                 best, improved = {"metric": "loss_train", "value": result.loss, "epoch": epoch}, True
 
-            state = checkpoint_state(model, optimizer, run.scaler, epoch, step, opt, best, init_metrics)
+            state = checkpoint_state(model, optimizer, run.scaler, epoch, step, opt, best, init_metrics, last_valid,
+                                     last_train_loss)
             save_checkpoint(os.path.join(folder, "last.pth"), state)
             if improved:
                 save_checkpoint(os.path.join(folder, "best.pth"), state)
@@ -496,9 +592,6 @@ def fit(run: Run, resume: bool = False, resume_hint: str = "") -> dict:
                 save_checkpoint(os.path.join(folder, f"ckpt_epoch_{epoch}.pth"), state)
             log(summary)
             writer.flush()
-    except KeyboardInterrupt:
-        log(f"interrupted; continue with: {resume_hint or 'the same command'} --resume")
-        raise
     finally:
         writer.close()
     if os.path.isfile(train_h5):

@@ -95,3 +95,38 @@ def assert_resume_is_bit_exact(opts, root, monkeypatch, stop_epoch, **overrides)
             assert sorted(x) == sorted(y)
             for key in x:
                 np.testing.assert_array_equal(x[key][:], y[key][:], err_msg=key)
+
+
+def tensors_equal(a, b, where):
+    """Nested dicts / lists of tensors and plain values are equal, tensors bit for bit."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert set(a) == set(b), where
+        for key in a:
+            tensors_equal(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for index, (x, y) in enumerate(zip(a, b)):
+            tensors_equal(x, y, f"{where}[{index}]")
+    else:
+        assert a == b or (a != a and b != b), (where, a, b)
+
+
+def assert_same_run(whole, other):
+    """Two run folders hold the same checkpoints, curves and metrics, and no temporary file."""
+    for name in ("last.pth", "best.pth", "ckpt_epoch_2.pth"):
+        a = torch.load(whole / name, weights_only=True)
+        b = torch.load(other / name, weights_only=True)
+        for key in ("model", "optimizer", "epoch", "step", "best", "init_metrics", "final", "train_loss"):
+            tensors_equal(a[key], b[key], f"{name}:{key}")
+    for name in ("losses_train.h5", "losses_valid.h5"):
+        with h5py.File(whole / name) as x, h5py.File(other / name) as y:
+            assert sorted(x) == sorted(y), name
+            for key in x:
+                np.testing.assert_array_equal(x[key][:], y[key][:], err_msg=f"{name}:{key}")
+    assert json.loads((whole / "metrics.json").read_text()) == json.loads((other / "metrics.json").read_text())
+    figures = [sorted(p.name for p in (folder / "figures").iterdir()) for folder in (whole, other)]
+    assert figures[0] == figures[1]
+    left = [str(p) for p in other.rglob("*.tmp")]
+    assert not left, left

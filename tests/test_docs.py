@@ -74,6 +74,6 @@ def test_sphinx_build_has_no_warnings(tmp_path):
         assert option.name in page, option.name
     for key in LEGACY_KEYS:
         assert key in page, key
-    for name in ("index", "quickstart", "methods", "checkpoints", "api/params", "api/train_util", "api/losses",
-                 "api/models", "api/data"):
+    for name in ("index", "quickstart", "methods", "checkpoints", "faults", "api/params", "api/train_util",
+                 "api/losses", "api/models", "api/data"):
         assert (out / f"{name}.html").is_file(), name

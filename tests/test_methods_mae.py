@@ -365,12 +365,12 @@ def test_dry_run_builds_the_model_for_the_data(tmp_path, capsys):
     (["cube_crop=24"], ["cube_crop=24 is larger than the 16x16 cubes"]),
     (["img_size=8", "cube_crop=12"], ["img_size=8 but cube_crop=12"]),
     (["ssl_model=resnet18"], ["model 'resnet18' is not a masked autoencoder", "mae_tiny"]),
-    (["rgb_bands=[9, 5, 10]"], ["rgb_bands=[9, 5, 10]", "0 to 9"]),
-    (["mask_ratio=1.0"], ["mask_ratio must be in [0, 1)"]),
+    (["rgb_bands=[9, 5, 10]"], ["'rgb_bands' is [9, 5, 10]", "below nchannels=10"]),
+    (["mask_ratio=1.0"], ["'mask_ratio' is 1.0", "must be in [0, 1)"]),
     (["valid_key=nope"], ["has no dataset 'nope' (valid_key)"]),
-    (["valid_range=[1, 0]"], ["valid_range", "lo <= hi"]),
-    (["sam_weight=-1"], ["loss weights must be non-negative"]),
-    (["data_range=0"], ["data_range=0.0 must be positive"]),
+    (["valid_range=[1, 0]"], ["'valid_range' is [1.0, 0.0]", "low < high"]),
+    (["sam_weight=-1"], ["'sam_weight' is -1.0", "must be at least 0"]),
+    (["data_range=0"], ["'data_range' is 0.0", "must be greater than 0"]),
 ])
 def test_user_errors_are_one_line(tmp_path, capsys, overrides, expected):
     opts = mae_opts(tmp_path)

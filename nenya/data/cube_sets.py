@@ -30,6 +30,14 @@ def where(dataset) -> str:
     return f"{dataset.path}:{dataset.key}"
 
 
+def cube_sizes(dataset) -> list:
+    """(where, height, width) of every cube of a data set: each file of a CSV list, or the one HDF5 dataset."""
+    if isinstance(dataset, CubeCSV):
+        return dataset.sizes()
+    _, height, width = dataset.image_shape
+    return [(where(dataset), height, width)]
+
+
 def _divisors(number: int) -> list[int]:
     return [d for d in range(1, number + 1) if number % d == 0]
 
@@ -103,6 +111,7 @@ class CubeSets:
                                      f"{height}x{width}; set img_size to {height} (or null), or "
                                      f"cube_crop={opt.img_size} to crop them")
                 size, source = height, f"the {height}x{width} cubes of {where(train)}"
+            self.check_sizes(train, crop, (height, width))
             spatial, spectral = opt.patch_size
             if size % spatial:
                 raise NenyaError(f"patch_size={opt.patch_size}: the spatial patch {spatial} does not divide "
@@ -112,6 +121,16 @@ class CubeSets:
                                  f"{bands} bands of {where(train)}; use one of {_divisors(bands)}")
             self._geometry = {"bands": bands, "img_size": size, "patch_size": spatial, "band_patch": spectral}
         return self._geometry
+
+    def check_sizes(self, dataset, crop, size) -> None:
+        """Every cube at least ``crop`` pixels per side, or (without a crop) exactly ``size`` (height, width)."""
+        for name, height, width in cube_sizes(dataset):
+            if crop and min(height, width) < crop:
+                raise NenyaError(f"{name} holds {height}x{width} cubes, smaller than cube_crop={crop} (the model's "
+                                 f"img_size)")
+            if not crop and (height, width) != tuple(size):
+                raise NenyaError(f"{name} holds {height}x{width} cubes but the model takes {size[0]}x{size[1]} "
+                                 f"(img_size, from {where(dataset)}); set cube_crop to crop every cube to one size")
 
     def _stats_path(self) -> str:
         opt = self.opt
@@ -162,23 +181,18 @@ class CubeSets:
 
     def check_eval_size(self, dataset) -> None:
         """Cubes the validation transform turns into img_size x img_size, or a NenyaError."""
-        _, height, width = dataset.image_shape
-        size, crop = self.geometry()["img_size"], self.opt.cube_crop
-        if crop:
-            if min(height, width) < crop:
-                raise NenyaError(f"{where(dataset)} holds {height}x{width} cubes, smaller than cube_crop={crop} "
-                                 f"(the model's img_size)")
-        elif (height, width) != (size, size):
-            raise NenyaError(f"{where(dataset)} holds {height}x{width} cubes but the model takes {size}x{size} "
-                             f"(img_size); set cube_crop to crop them")
+        size = self.geometry()["img_size"]
+        self.check_sizes(dataset, self.opt.cube_crop, (size, size))
 
-    def check_value_range(self, dataset, samples: int = 4) -> tuple[float, float]:
+    def check_value_range(self, dataset, samples: int = 4) -> tuple[float, float] | None:
         """Warn when sampled cubes fall outside valid_range or span more than data_range; return (min, max).
 
         The metrics and the range penalty are computed in the units the model sees (normalised bands
         when normalize_bands is on), so that is where the values are checked.
         """
         opt = self.opt
+        if len(dataset) == 0:
+            return None
         picks = sorted({round(i * (len(dataset) - 1) / max(samples - 1, 1)) for i in range(min(samples, len(dataset)))})
         values = [dataset[i][0] for i in picks]
         low, high = min(float(v.min()) for v in values), max(float(v.max()) for v in values)

@@ -7,7 +7,7 @@ import h5py
 import torch
 from torch.utils.data import Dataset
 
-from nenya.data.hdf5 import _dataset_names, checked_index
+from nenya.data.hdf5 import _dataset_names, checked_index, read_item
 from nenya.errors import NenyaError
 
 
@@ -21,8 +21,17 @@ class CubeCSV(Dataset):
         self.transform = transform
         self.normalize = normalize
         self.files = _read_cube_list(self.path, split)
-        bands, height, width = self._cube_shape(self.files[0])
+        self.shapes = [self._cube_shape(path) for path in self.files]  # from the metadata: no data is read
+        bands, height, width = self.shapes[0]
+        for path, shape in zip(self.files, self.shapes):
+            if shape[0] != bands:
+                raise NenyaError(f"{path}:{key} has {shape[0]} bands (shape {shape}) but {self.files[0]} has "
+                                 f"{bands}; every cube listed in {self.path} needs the same band count")
         self.stored_shape = (len(self.files), bands, height, width)
+
+    def sizes(self):
+        """(file, height, width) of every listed cube."""
+        return [(path, shape[1], shape[2]) for path, shape in zip(self.files, self.shapes)]
 
     @property
     def image_shape(self):
@@ -42,7 +51,7 @@ class CubeCSV(Dataset):
         path = self.files[index]
         with _open(path) as f:
             node = self._node(f, path, bands=self.stored_shape[1])
-            cube = torch.tensor(node[()], dtype=torch.float32)
+            cube = torch.tensor(read_item(lambda: node[()], path, self.key, index), dtype=torch.float32)
         if self.normalize is not None:
             cube = self.normalize(cube)
         if self.transform is not None:

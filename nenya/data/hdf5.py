@@ -93,8 +93,11 @@ class HDF5Images(Dataset):
 
     def __getitem__(self, index):
         index = checked_index(index, len(self), "images")
-        source = self._images if self._images is not None else self._handle()[self.key]
-        image = torch.tensor(source[index], dtype=torch.float32)
+        if self._images is not None:
+            image = torch.tensor(self._images[index], dtype=torch.float32)
+        else:
+            image = torch.tensor(read_item(lambda: self._handle()[self.key][index], self.path, self.key, index),
+                                 dtype=torch.float32)
         if self._add_channel:
             image = image.unsqueeze(0)
         if self.transform is not None:
@@ -121,6 +124,26 @@ class HDF5Images(Dataset):
         state["_file"] = None
         state["_pid"] = None
         return state
+
+
+def read_item(read, path, key, index):
+    """``read()``: one item's values from an HDF5 file; a damaged file is a NenyaError naming the item."""
+    try:
+        return read()
+    except (OSError, RuntimeError) as err:  # h5py: unreadable chunk, truncated file, failed filter
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise NenyaError(f"{path}:{key} item {index} cannot be read ({reason}); the file is damaged") from None
+
+
+def check_images(dataset, model: str):
+    """Raise NenyaError unless `dataset` holds 2-D images (N, C, H, W) with labels that are class indices >= 0."""
+    if len(dataset.image_shape) != 3:
+        raise NenyaError(f"{dataset.path}:{dataset.key} holds volumes of shape {dataset.stored_shape} (N, C, D, H, "
+                         f"W) but model '{model}' takes 2-D images (N, C, H, W)")
+    labels = dataset.labels
+    if labels is not None and labels.size and labels.min() < 0:
+        raise NenyaError(f"{dataset.path}:{dataset.key}_labels holds negative labels (smallest {labels.min()}); "
+                         f"labels must be class indices 0, 1, 2, ...")
 
 
 def check_channels(dataset, nchannels, option="nchannels"):

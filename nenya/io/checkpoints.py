@@ -1,7 +1,9 @@
 """Checkpoints: tensors and plain values only, written atomically, read with weights_only=True; resume state."""
 
 import os
+import pickle
 import random
+import re
 
 import numpy as np
 import torch
@@ -40,15 +42,30 @@ def save_checkpoint(path: str, state: dict) -> None:
         os.fsync(handle.fileno())
 
 
+def _reason(err: Exception) -> str:
+    """A short reason from torch's load error, without its advice to load with weights_only=False."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    detail = [line for line in lines if "weights_only" not in line and "Weights only" not in line
+              and "WeightsUnpickler error" not in line and not line.startswith(("Check the documentation",
+                                                                                "Please file an issue"))]
+    return detail[0].split(". ")[0].rstrip(".") if detail else type(err).__name__
+
+
 def load_checkpoint(path: str) -> dict:
-    """Read a checkpoint with weights_only=True; a missing or corrupt file is a NenyaError."""
+    """Read a checkpoint with weights_only=True; a missing, corrupt or code-carrying file is a NenyaError."""
     if not os.path.isfile(path):
         raise NenyaError(f"checkpoint {path} does not exist")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        refused = re.search(r"GLOBAL ([\w.]+)", str(err))
+        if refused:  # the file names Python code to run: say so, never suggest weights_only=False
+            raise NenyaError(f"checkpoint {path} is not a nenya checkpoint: it holds pickled Python objects "
+                             f"({refused.group(0)}), which nenya does not run; nenya checkpoints hold only tensors "
+                             f"and plain values") from None
+        raise NenyaError(f"checkpoint {path} is corrupt or not a nenya checkpoint ({_reason(err)})") from None
     except Exception as err:  # torch raises many types for a damaged file
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise NenyaError(f"checkpoint {path} is corrupt or not a nenya checkpoint ({reason})") from None
+        raise NenyaError(f"checkpoint {path} is corrupt or not a nenya checkpoint ({_reason(err)})") from None
     if not isinstance(state, dict) or "model" not in state:
         raise NenyaError(f"checkpoint {path} is not a nenya checkpoint (no 'model' entry)")
     return state
@@ -71,13 +88,17 @@ def load_model_state(model: torch.nn.Module, state_dict: dict, path: str) -> Non
     model.load_state_dict(state_dict)
 
 
-def checkpoint_state(model, optimizer, scaler, epoch: int, step: int, opt, best: dict, init_metrics: dict) -> dict:
-    """Everything a resumed run needs, as tensors and plain values (the bare model, not its wrapper)."""
+def checkpoint_state(model, optimizer, scaler, epoch: int, step: int, opt, best: dict, init_metrics: dict,
+                     final: dict | None = None, train_loss: float | None = None) -> dict:
+    """Everything a resumed run needs, as tensors and plain values (the bare model, not its wrapper).
+
+    ``final`` and ``train_loss``: the latest validation metrics and training loss, for metrics.json.
+    """
     bare = getattr(model, "module", model)
     return {"model": bare.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": {},
             "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None, "ema": None,
             "epoch": epoch, "step": step, "best": best, "init_metrics": init_metrics, "rng": rng_state(),
-            "opts": opt.to_dict()}
+            "opts": opt.to_dict(), "final": final, "train_loss": train_loss}
 
 
 def restore_training_state(path: str, model, optimizer, scaler, optimizer_name: str,

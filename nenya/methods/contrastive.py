@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from nenya.data.builtin import images_path
-from nenya.data.hdf5 import HDF5Images, check_channels
+from nenya.data.hdf5 import HDF5Images, check_channels, check_images
 from nenya.data.transforms import Demean, build_augmentation
 from nenya.data.views import TwoViews
 from nenya.errors import NenyaError
@@ -53,6 +53,7 @@ class SimCLR(Method):
 
     def _images(self, path, key, transform, option=None):
         dataset = HDF5Images(path, key, transform=transform, preload=self.opt.preload, key_option=option)
+        check_images(dataset, self.opt.model)
         check_channels(dataset, self.opt.nchannels)
         return dataset
 

@@ -9,7 +9,12 @@ from nenya.metrics.knn import knn_accuracy
 
 def linear_probe_accuracy(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
                           test_labels: torch.Tensor, max_iter: int = 1000) -> float:
-    """Accuracy on the test set of a logistic regression fitted on standardised training features [N, D]."""
+    """Accuracy on the test set of a logistic regression fitted on standardised training features [N, D].
+
+    NaN when a feature is not finite (the loop then names the data or the learning rate at fault).
+    """
+    if not (torch.isfinite(train_features).all() and torch.isfinite(test_features).all()):
+        return float("nan")
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler

@@ -4,6 +4,7 @@ import os
 
 import matplotlib.pyplot as plt
 
+from nenya.io.atomic import write_png
 from nenya.io.curves import read_curves
 
 
@@ -37,6 +38,6 @@ def training_plots(folder: str, dpi: int = 100) -> str:
         axis.set(title=name.removesuffix("_valid"), xlabel="epoch (0 = at initialisation)")
     fig.tight_layout()
     path = os.path.join(folder, "training_plots.png")
-    fig.savefig(path, dpi=dpi)
+    write_png(fig, path, dpi)
     plt.close(fig)
     return path

@@ -3,6 +3,8 @@
 import matplotlib.pyplot as plt
 import torch
 
+from nenya.io.atomic import write_png
+
 
 def embedding_scatter(features, labels, path: str, title: str, dpi: int = 100) -> str:
     """Scatter of the first two principal components of ``features`` [N, D], coloured by label."""
@@ -14,7 +16,7 @@ def embedding_scatter(features, labels, path: str, title: str, dpi: int = 100) -
     fig.colorbar(points, ax=axis, label="label")
     axis.set(title=title, xlabel="PC 1", ylabel="PC 2")
     fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
+    write_png(fig, path, dpi)
     plt.close(fig)
     return path
 
@@ -31,6 +33,6 @@ def views_grid(images, views, path: str, dpi: int = 100) -> str:
             if row == 0:
                 axes[row, column].set_title(name)
     fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
+    write_png(fig, path, dpi)
     plt.close(fig)
     return path

@@ -9,6 +9,8 @@ import os
 import matplotlib.pyplot as plt
 import numpy as np
 
+from nenya.io.atomic import write_png
+
 MASKED_GREY = 0.5  # value of a hidden channel in the masked-input composite
 
 
@@ -62,7 +64,7 @@ def reconstruction_grid(originals, masks, reconstructions, rgb_bands, path: str,
     fig.suptitle(f"{title}\nRGB = bands {bands}, each scaled to the original's 2-98 percentiles".strip(),
                  fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
+    write_png(fig, path, dpi)
     plt.close(fig)
     return path
 
@@ -81,7 +83,7 @@ def band_mse_plot(mse_whole, mse_masked, path: str, title: str = "", baseline_ma
         axis.set_yscale("log")
     axis.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
+    write_png(fig, path, dpi)
     plt.close(fig)
     return path
 
@@ -111,7 +113,7 @@ def spectra_plot(originals, reconstructions, masks, labels, path: str, title: st
             axis.legend(fontsize=7)
     fig.suptitle(f"{title}\n(shaded: bands hidden from the encoder)".strip(), fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
+    write_png(fig, path, dpi)
     plt.close(fig)
     return path
 
