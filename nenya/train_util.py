@@ -15,9 +15,10 @@ import time
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Sampler, Subset
 from tqdm import tqdm
 
+from nenya import distributed
 from nenya.errors import NenyaError, Terminated, WriteFailed
 from nenya.io import curves
 from nenya.io.checkpoints import checkpoint_state, restore_training_state, save_checkpoint
@@ -100,18 +101,29 @@ def step_learning_rate(opt, epoch: int, batch_id: int, total_batches: int, optim
 # ---- model, optimizer, data -------------------------------------------------------------------------
 
 def select_device(opt=None, cuda_use: bool | None = None) -> torch.device:
-    """CUDA when it is there and cuda_use (the argument, else the option) is on, else the CPU."""
+    """CUDA when it is there and cuda_use (the argument, else the option) is on, else the CPU.
+
+    Under torchrun each process takes the GPU of its ``LOCAL_RANK``.
+    """
     wanted = cuda_use if cuda_use is not None else (opt.cuda_use if opt is not None else True)
-    return torch.device("cuda" if wanted and torch.cuda.is_available() else "cpu")
+    if not (wanted and torch.cuda.is_available()):
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if distributed.launched() \
+        else torch.device("cuda")
 
 
-def place_model(model: nn.Module, device: torch.device) -> nn.Module:
-    """Move the model to the device; DataParallel over several GPUs."""
+def place_model(model: nn.Module, device: torch.device, opt=None) -> nn.Module:
+    """Move the model to the device: DistributedDataParallel under torchrun (BatchNorm made synchronised
+    with ``syncBN``), DataParallel over several local GPUs without it."""
     model = model.to(device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not torch.are_deterministic_algorithms_enabled()
-        if torch.cuda.device_count() > 1:
-            model = nn.DataParallel(model)
+    if distributed.initialized():
+        if opt is not None and opt.syncBN:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if device.type == "cuda" and torch.cuda.device_count() > 1:
+        model = nn.DataParallel(model)
     return model
 
 
@@ -119,7 +131,7 @@ def set_model(opt, cuda_use: bool | None = None, method=None) -> tuple[nn.Module
     """Nenya's set_model: (model, criterion) of the options' method, on the device (DataParallel on GPUs)."""
     method = method or get_method(opt)
     device = select_device(opt, cuda_use)
-    return place_model(method.build_model(), device), method.criterion.to(device)
+    return place_model(method.build_model(), device, opt), method.criterion.to(device)
 
 
 class LARS(torch.optim.Optimizer):
@@ -186,12 +198,56 @@ def set_optimizer(opt, model: nn.Module) -> torch.optim.Optimizer:
     return LARS(groups, lr=lr, momentum=opt.momentum, weight_decay=wd)
 
 
+class EpochSampler(Sampler):
+    """The items of one epoch for this process: a permutation drawn from (seed, epoch) when shuffling.
+
+    Under torch.distributed, process r takes items r, r + W, r + 2W, ... of the epoch's order (padded by
+    repeating its first items to a multiple of the W processes unless ``drop_last``), so a batch of b
+    on each of W processes holds the same items as one batch of W * b in one process. ``set_epoch``
+    fixes the epoch (the loop calls it, so a resumed run draws the same order); without it every
+    iteration takes the next epoch.
+    """
+
+    def __init__(self, length: int, shuffle: bool, seed: int = 0, drop_last: bool = False):
+        self.length, self.shuffle, self.seed, self.drop_last = length, shuffle, seed, drop_last
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+        self.epoch, self._fixed = 0, False
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use ``epoch``'s order for the next iteration."""
+        self.epoch, self._fixed = epoch, True
+
+    def order(self) -> list[int]:
+        """Every process's items of this epoch, in order, padded or cut to a multiple of the processes."""
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+            order = torch.randperm(self.length, generator=generator).tolist()
+        else:
+            order = list(range(self.length))
+        if self.drop_last:
+            return order[:self.length - self.length % self.world]
+        padding = -self.length % self.world
+        return order + (order * (padding // max(len(order), 1) + 1))[:padding]
+
+    def __iter__(self):
+        if not self._fixed:
+            self.epoch += 1
+        self._fixed = False
+        return iter(self.order()[self.rank::self.world])
+
+    def __len__(self) -> int:
+        total = self.length - self.length % self.world if self.drop_last else -(-self.length // self.world) * self.world
+        return total // self.world
+
+
 def make_loader(dataset, batch_size: int, shuffle: bool, num_workers: int, drop_last: bool = False,
                 seed: int = 0) -> DataLoader:
-    """A DataLoader whose shuffling and worker seeds follow its own generator (reseeded every epoch)."""
-    if drop_last and len(dataset) < batch_size:
+    """A DataLoader over this process's share of ``dataset`` (:class:`EpochSampler`); worker seeds follow its
+    own generator (reseeded every epoch by the loop)."""
+    if drop_last and len(dataset) < batch_size * distributed.world_size():
         drop_last = False
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
+    sampler = EpochSampler(len(dataset), shuffle, seed, drop_last=drop_last)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                       drop_last=drop_last, pin_memory=torch.cuda.is_available(),
                       persistent_workers=False, generator=torch.Generator().manual_seed(seed))
 
@@ -417,40 +473,72 @@ def batch_size_of(batch) -> int:
     return batch_size_of(first)
 
 
+def _item_indices(loader, count: int, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dataset indices [count], padding flags [count]) of this process's items offset..offset+count-1."""
+    sampler = loader.sampler
+    if not isinstance(sampler, EpochSampler):
+        return torch.arange(offset, offset + count), torch.zeros(count, dtype=torch.bool)
+    order = sampler.order()
+    places = [sampler.rank + (offset + j) * sampler.world for j in range(count)]  # places in the epoch's order
+    return torch.tensor([order[p] for p in places]), torch.tensor([p >= sampler.length for p in places])
+
+
+def _merge(parts: list[dict], per_item: set) -> dict:
+    """One dict of outputs from every process's: items in dataset order (padding dropped), batches in turn."""
+    names = list(dict.fromkeys(name for part in parts for name in part))
+    merged = {name: torch.cat([part[name] for part in parts if name in part]) for name in names}
+    order = merged.pop("_index").argsort()
+    for name in per_item:
+        merged[name] = merged[name][order]
+    return merged
+
+
 @torch.no_grad()
 def evaluation_pass(data, model, step, device, opt, desc: str = "eval", progress: bool | None = None) -> dict:
     """Run ``step(model, batch, indices)`` over every batch in eval mode, under no_grad and autocast.
 
     ``data``: a data set (read in order, batch_size_valid) or a DataLoader that does not shuffle;
-    ``indices`` are the items' positions in it. ``step`` returns a dict of tensors: those with a batch
-    axis are concatenated over the pass (per item), 0-dim ones are stacked (per batch) and come with
-    ``batch_size``. Random draws inside the pass (augmented views, MAE masks) start from ``opt.seed``
-    every time, so passes are comparable between epochs, and the training RNG is left untouched.
+    ``indices`` are the items' positions in the data set. ``step`` returns a dict of tensors: those with
+    one row per item are concatenated over the pass in data-set order, 0-dim ones are stacked (one per
+    batch) and come with ``batch_size``; others (a few rows, e.g. figure samples) are concatenated.
+    Under torch.distributed every process gets every process's outputs (the padding the sampler adds
+    left out), so the metrics are those of the whole set. Random draws inside the pass start from
+    ``opt.seed`` every time, so passes are comparable between epochs, and the training RNG is left alone.
     """
     loader = data if isinstance(data, DataLoader) else make_loader(data, opt.batch_size_valid, False,
                                                                    opt.num_workers, seed=opt.seed)
     amp_dtype = autocast_dtype(opt, device)
-    outputs: dict[str, list] = {"batch_size": []}
+    outputs: dict[str, list] = {"batch_size": [], "_index": []}
+    rows_per_item: dict[str, int] = {}  # batches in which an output had one row per item
     was_training = model.training
     model.eval()
     offset = 0
     devices = list(range(torch.cuda.device_count())) if device.type == "cuda" else []
+    show = None if progress is not False and distributed.is_main() else True
     try:
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(opt.seed)
-            for batch in tqdm(loader, desc=desc, leave=False, disable=True if progress is False else None):
+            for batch in tqdm(loader, desc=desc, leave=False, disable=show):
                 count = batch_size_of(batch)
-                indices = torch.arange(offset, offset + count)
+                indices, padding = _item_indices(loader, count, offset)
                 offset += count
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                     values = step(model, to_device(batch, device), indices)
-                outputs["batch_size"].append(torch.tensor(count))
+                outputs["batch_size"].append(torch.tensor(int((~padding).sum())))
+                outputs["_index"].append(indices[~padding])
                 for name, value in values.items():
-                    outputs.setdefault(name, []).append(value.detach().cpu())
+                    value = value.detach().cpu()
+                    if value.dim() > 0 and value.shape[0] == count:
+                        rows_per_item[name] = rows_per_item.get(name, 0) + 1
+                        value = value[~padding]
+                    outputs.setdefault(name, []).append(value)
     finally:
         model.train(was_training)
-    return {name: (torch.stack(parts) if parts[0].dim() == 0 else torch.cat(parts)) if parts else torch.zeros(0)
-            for name, parts in outputs.items()}
+    local = {name: (torch.stack(parts) if parts[0].dim() == 0 else torch.cat(parts)) if parts else torch.zeros(0)
+             for name, parts in outputs.items()}
+    batches = len(outputs["batch_size"])
+    return _merge(distributed.all_gather_objects(local),
+                  {name for name, seen in rows_per_item.items() if seen == batches and len(outputs[name]) == batches})
 
 
 def validate(valid_loader, model, method, device, opt) -> dict:
@@ -554,6 +642,8 @@ def _fit(run: Run, resume: bool) -> dict:
             seed = epoch_seed(opt.seed, epoch)
             seed_everything(seed)
             run.train_loader.generator.manual_seed(seed)
+            if isinstance(run.train_loader.sampler, EpochSampler):
+                run.train_loader.sampler.set_epoch(epoch)
             adjust_learning_rate(opt, optimizer, epoch)
             result = train_model(run.train_loader, model, method, optimizer, epoch, opt, device=run.device,
                                  scaler=run.scaler, log=log, writer=writer, first_step=step)
