@@ -33,6 +33,26 @@ def write_images_h5(path, n_train=48, n_valid=24, channels=1, size=8, labels=Tru
     return path
 
 
+def knn_by_hand(bank, bank_labels, queries, k, leave_one_out=False):
+    """kNN predictions in float64 numpy: the majority label among the k bank rows of highest cosine similarity
+    (ties: the tied label with the larger summed similarity); ``leave_one_out`` skips bank row i for query i."""
+    bank, queries = np.asarray(bank, np.float64), np.asarray(queries, np.float64)
+    bank = bank / np.linalg.norm(bank, axis=1, keepdims=True)
+    queries = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    bank_labels = np.asarray(bank_labels)
+    predictions = []
+    for index, query in enumerate(queries):
+        similarity = bank @ query
+        candidates = [j for j in range(len(bank)) if not (leave_one_out and j == index)]
+        nearest = sorted(candidates, key=lambda j: -similarity[j])[:k]
+        votes = {}
+        for j in nearest:
+            count, total = votes.get(bank_labels[j], (0, 0.0))
+            votes[bank_labels[j]] = (count + 1, total + similarity[j])
+        predictions.append(max(votes, key=lambda label: votes[label]))
+    return np.array(predictions)
+
+
 def write_opts(path, **values):
     """Write an opts file and return its path."""
     path.write_text(json.dumps(values))

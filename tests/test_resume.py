@@ -131,3 +131,16 @@ def test_a_run_whose_checkpoint_write_fails_resumes_from_the_previous_one(tiny_r
     assert load_checkpoint(str(folder / "last.pth"))["epoch"] == 1
     assert not (folder / "last.pth.tmp").exists()
     assert train_main(opts, overrides={"epochs": 2}, resume=True, verbose=False)["epochs_completed"] == 2
+
+
+def test_every_epoch_draws_from_its_own_seed_so_a_checkpoint_without_rng_states_resumes_exactly(tiny_run,
+                                                                                                monkeypatch):
+    """Epoch e's shuffle and augmentations come from (seed, e) alone, not from what earlier epochs drew."""
+    opts, folder = tiny_run
+
+    def forget_the_rng_states(split):
+        state = torch.load(split / "last.pth", weights_only=True)
+        del state["rng"]
+        torch.save(state, split / "last.pth")
+
+    assert_resume_is_bit_exact(opts, folder.parent, monkeypatch, 2, epochs=2, before_resume=forget_the_rng_states)
