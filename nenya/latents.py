@@ -15,9 +15,11 @@ from nenya.train_util import evaluation_pass, make_loader, select_device
 
 def image_partitions(path: str) -> list[str]:
     """Names of the image datasets of an HDF5 file (not labels or masks), in file order."""
-    if not os.path.isfile(path):
-        raise NenyaError(f"data file {path} does not exist")
-    with h5py.File(path, "r") as handle:
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as err:
+        raise NenyaError(f"{path} is not a readable HDF5 file ({err})") from None
+    with handle:
         return [name for name, node in handle.items() if isinstance(node, h5py.Dataset) and node.ndim >= 3
                 and not name.endswith(("_labels", "_masks"))]
 
@@ -28,6 +30,8 @@ def write_latents(folder: str, data_path: str, out_path: str, encoder: bool = Fa
     if os.path.exists(out_path) and not overwrite:
         raise NenyaError(f"{out_path} already exists; choose another output file or pass --overwrite")
     opt, method, model = load_run(folder, checkpoint)
+    if not os.path.isfile(data_path):
+        raise NenyaError(f"data file {data_path} does not exist")
     device = select_device(opt)
     model = model.to(device)
     partitions = partitions or image_partitions(data_path)
