@@ -12,6 +12,7 @@ from nenya.io import checkpoints
 from nenya.io.checkpoints import checkpoint_state, load_checkpoint, restore_training_state, save_checkpoint
 from nenya.params import Params
 from nenya.train import main as train_main
+from test_methods_mae import mae_opts
 
 
 def test_resume_from_the_middle_of_an_epoch_is_bit_exact(tiny_run, monkeypatch):
@@ -34,10 +35,17 @@ def test_resume_from_the_middle_of_validation_drops_the_rows_after_the_checkpoin
                                before_resume=rows_past_the_checkpoint, epochs=2)
 
 
-@pytest.mark.slow
 def test_resume_with_dataloader_workers_is_bit_exact(tiny_run, monkeypatch):
     opts, folder = tiny_run
     assert_resume_is_bit_exact(opts, folder.parent, monkeypatch, 2, batch=1, num_workers=2, epochs=2)
+
+
+@pytest.mark.parametrize("during, batch", [("train", 2), ("valid", 1)])
+def test_mae_resume_from_the_middle_of_an_epoch_or_of_validation_is_bit_exact(tmp_path, monkeypatch, during, batch):
+    """MAE draws its training masks from the torch generator; validation masks come from (seed, cube index)."""
+    opts = mae_opts(tmp_path, epochs=2, batch_size_train=2, batch_size_valid=2, schedule="iter_cosine",
+                    warm_epochs=1)
+    assert_resume_is_bit_exact(opts, tmp_path / "models", monkeypatch, 2, batch=batch, during=during)
 
 
 def test_resume_keeps_best_and_init_metrics_from_the_checkpoint(tiny_run):
