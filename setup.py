@@ -21,7 +21,7 @@ setup(
         "tensorboard",
     ],
     extras_require={
-        "dev": ["pytest", "sphinx", "scikit-image"],
+        "dev": ["pytest", "pytest-cov", "sphinx", "scikit-image"],
         "docs": ["sphinx"],
     },
 )

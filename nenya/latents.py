@@ -44,6 +44,8 @@ def write_latents(folder: str, data_path: str, out_path: str, encoder: bool = Fa
     if batch_size < 1:
         raise NenyaError(f"batch_size={batch_size} must be at least 1 (--batch-size)")
     opt, method, model = load_run(folder, checkpoint)
+    if not os.path.isfile(data_path):
+        raise NenyaError(f"data file {data_path} does not exist")
     device = select_device(opt)
     model = model.to(device)
     partitions = partitions or image_partitions(data_path)

@@ -507,6 +507,8 @@ def evaluation_pass(data, model, step, device, opt, desc: str = "eval", progress
     """
     loader = data if isinstance(data, DataLoader) else make_loader(data, opt.batch_size_valid, False,
                                                                    opt.num_workers, seed=opt.seed)
+    if loader.generator is not None:  # DataLoader workers draw their seeds from it: the same every pass
+        loader.generator.manual_seed(opt.seed)
     amp_dtype = autocast_dtype(opt, device)
     outputs: dict[str, list] = {"batch_size": [], "_index": []}
     rows_per_item: dict[str, int] = {}  # batches in which an output had one row per item

@@ -33,6 +33,26 @@ def write_images_h5(path, n_train=48, n_valid=24, channels=1, size=8, labels=Tru
     return path
 
 
+def knn_by_hand(bank, bank_labels, queries, k, leave_one_out=False):
+    """kNN predictions in float64 numpy: the majority label among the k bank rows of highest cosine similarity
+    (ties: the tied label with the larger summed similarity); ``leave_one_out`` skips bank row i for query i."""
+    bank, queries = np.asarray(bank, np.float64), np.asarray(queries, np.float64)
+    bank = bank / np.linalg.norm(bank, axis=1, keepdims=True)
+    queries = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    bank_labels = np.asarray(bank_labels)
+    predictions = []
+    for index, query in enumerate(queries):
+        similarity = bank @ query
+        candidates = [j for j in range(len(bank)) if not (leave_one_out and j == index)]
+        nearest = sorted(candidates, key=lambda j: -similarity[j])[:k]
+        votes = {}
+        for j in nearest:
+            count, total = votes.get(bank_labels[j], (0, 0.0))
+            votes[bank_labels[j]] = (count + 1, total + similarity[j])
+        predictions.append(max(votes, key=lambda label: votes[label]))
+    return np.array(predictions)
+
+
 def write_opts(path, **values):
     """Write an opts file and return its path."""
     path.write_text(json.dumps(values))
@@ -62,34 +82,83 @@ def fails_with(capsys, argv, *expected, cli=train_cli):
     return errors[0]
 
 
-def interrupt_at(monkeypatch, stop_epoch):
-    """Make the loop raise KeyboardInterrupt when it starts ``stop_epoch``."""
-    real = train_module.train_model
+def interrupt_at(monkeypatch, stop_epoch, batch=None, during="train", eval_pass=0):
+    """Make the loop raise KeyboardInterrupt in epoch ``stop_epoch``.
 
-    def interrupted(loader, model, method, optimizer, epoch, *args, **kwargs):
-        if epoch == stop_epoch:
+    ``batch`` None: when the epoch starts. ``during="train"``: before training batch ``batch`` of the epoch
+    (after ``batch`` optimizer steps of it). ``during="valid"``: in batch ``batch`` of evaluation pass number
+    ``eval_pass`` of the epoch's validation (the epoch's training curves are already written then).
+    """
+    real_train, real_step_lr, real_pass = (train_module.train_model, train_module.step_learning_rate,
+                                           train_module.evaluation_pass)
+    current = {"epoch": 0, "passes": 0}
+
+    def train_model(loader, model, method, optimizer, epoch, *args, **kwargs):
+        current.update(epoch=epoch, passes=0)
+        if epoch == stop_epoch and batch is None:
             raise KeyboardInterrupt
-        return real(loader, model, method, optimizer, epoch, *args, **kwargs)
+        return real_train(loader, model, method, optimizer, epoch, *args, **kwargs)
 
-    monkeypatch.setattr(train_module, "train_model", interrupted)
+    def step_learning_rate(opt, epoch, batch_id, total, optimizer):
+        if during == "train" and (epoch, batch_id) == (stop_epoch, batch):
+            raise KeyboardInterrupt
+        return real_step_lr(opt, epoch, batch_id, total, optimizer)
+
+    def evaluation_pass(data, model, step, *args, **kwargs):
+        if during == "valid" and current["epoch"] == stop_epoch:
+            current["passes"] += 1
+            if current["passes"] == eval_pass + 1:
+                seen = [0]
+
+                def interrupted_step(model, items, indices):
+                    if seen[0] == batch:
+                        raise KeyboardInterrupt
+                    seen[0] += 1
+                    return step(model, items, indices)
+
+                return real_pass(data, model, interrupted_step, *args, **kwargs)
+        return real_pass(data, model, step, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_model", train_model)
+    monkeypatch.setattr(train_module, "step_learning_rate", step_learning_rate)
+    monkeypatch.setattr(train_module, "evaluation_pass", evaluation_pass)
 
 
-def assert_resume_is_bit_exact(opts, root, monkeypatch, stop_epoch, **overrides):
-    """Train whole; train again interrupted at ``stop_epoch`` and resumed; assert identical results."""
+def assert_resume_is_bit_exact(opts, root, monkeypatch, stop_epoch, batch=None, during="train", eval_pass=0,
+                               before_resume=None, **overrides):
+    """Train whole; train again interrupted (see ``interrupt_at``) and resumed; assert identical results.
+
+    ``before_resume(folder)`` is called on the interrupted run's folder before it is resumed.
+    """
     whole = train_main(opts, overrides={"model_name": "whole", **overrides}, verbose=False)
-    interrupt_at(monkeypatch, stop_epoch)
+    interrupt_at(monkeypatch, stop_epoch, batch, during, eval_pass)
     with pytest.raises(KeyboardInterrupt):
         train_main(opts, overrides={"model_name": "split", **overrides}, verbose=False)
     monkeypatch.undo()
+    state = torch.load(root / "split" / "last.pth", weights_only=True)
+    assert state["epoch"] == stop_epoch - 1  # the interrupted epoch left no checkpoint
+    if before_resume is not None:
+        before_resume(root / "split")
     split = train_main(opts, overrides={"model_name": "split", **overrides}, resume=True, verbose=False)
     a = torch.load(root / "whole" / "last.pth", weights_only=True)
     b = torch.load(root / "split" / "last.pth", weights_only=True)
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
+    assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]
     for index, state in a["optimizer"]["state"].items():
         for name, value in state.items():
             assert torch.equal(value, b["optimizer"]["state"][index][name])
-    assert a["step"] == b["step"] and whole["final"] == split["final"] and whole["best"] == split["best"]
+    assert torch.equal(a["rng"]["torch"], b["rng"]["torch"]) and a["rng"]["python"] == b["rng"]["python"]
+    assert torch.equal(a["rng"]["numpy"]["key"], b["rng"]["numpy"]["key"])
+    assert (a["step"], a["epoch"], a["best"], a["init_metrics"]) == (b["step"], b["epoch"], b["best"],
+                                                                     b["init_metrics"])
+    assert whole == split  # metrics.json: init, best, final, last training loss
+    if (root / "whole" / "best.pth").exists():
+        best_a = torch.load(root / "whole" / "best.pth", weights_only=True)
+        best_b = torch.load(root / "split" / "best.pth", weights_only=True)
+        assert best_a["epoch"] == best_b["epoch"]
+        for key in best_a["model"]:
+            assert torch.equal(best_a["model"][key], best_b["model"][key]), key
     for name in ("losses_train.h5", "losses_valid.h5"):
         with h5py.File(root / "whole" / name) as x, h5py.File(root / "split" / name) as y:
             assert sorted(x) == sorted(y)

@@ -82,14 +82,22 @@ def test_rotate_pads_corners_with_zeros_and_volume_planes():
     torch.testing.assert_close(rotate(volume, 90), torch.rot90(volume, 1, dims=(-2, -1)), atol=1e-5, rtol=0)
 
 
-def test_random_rotate_zero_range_is_identity_and_range_respected():
+def test_random_rotate_zero_range_is_identity_and_range_respected(monkeypatch):
     x = image()
     torch.testing.assert_close(RandomRotate(0)(x), x, atol=1e-5, rtol=0)
     torch.manual_seed(3)
     angle = (torch.rand(()).item() * 2 - 1) * 30.0
     torch.manual_seed(3)
     torch.testing.assert_close(RandomRotate(30)(x), rotate(x, angle))
-    assert abs(angle) <= 30
+    # the angles RandomRotate(30) really applies: within [-30, 30] and spread over the whole range
+    import nenya.data.transforms as transforms
+    applied = []
+    monkeypatch.setattr(transforms, "rotate", lambda image, angle, *args: applied.append(angle) or image)
+    torch.manual_seed(4)
+    for _ in range(400):
+        RandomRotate(30)(x)
+    assert len(applied) == 400 and all(-30 <= a <= 30 for a in applied)
+    assert min(applied) < -27 and max(applied) > 27 and abs(sum(applied) / 400) < 3
 
 
 def crop_resized(x, top, left, crop):

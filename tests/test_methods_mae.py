@@ -84,13 +84,15 @@ def test_run_logs_loss_parts_metrics_and_figures(tmp_path):
             assert np.all(np.isfinite(handle[f"{name}_valid"][:])), name
         assert np.all((handle["ssim_valid"][:] <= 1) & (handle["mse_masked_valid"][:] >= 0))
         final_mse_masked = handle["mse_masked_valid"][-1]
+        per_epoch = handle["mse_masked_valid"][1:]  # epochs 1 and 2 (row 0: at initialisation)
     saved = json.loads((folder / "metrics.json").read_text())
     assert saved == json.loads(json.dumps(metrics))
     assert saved["monitor"] == "mse_masked" and saved["mode"] == "min"
     assert set(saved["final"]) <= set(MAE.metrics) and set(saved["init"]) <= set(MAE.metrics)
     assert saved["final"]["mse_masked"] == pytest.approx(final_mse_masked)
     assert set(RECONSTRUCTION) | {"baseline_mse_masked", "loss"} <= set(saved["init"])
-    assert saved["best"]["value"] == min(saved["final"]["mse_masked"], saved["best"]["value"])
+    assert saved["best"] == {"metric": "mse_masked", "value": pytest.approx(float(per_epoch.min())),
+                             "epoch": int(np.argmin(per_epoch)) + 1}
     for epoch in (1, 2):
         for name in ("mae_reconstruction", "mae_band_mse", "mae_spectra"):
             path = folder / "figures" / f"{name}_epoch{epoch}.png"

@@ -5,7 +5,7 @@ import torch
 
 from nenya.errors import NenyaError
 from nenya.models import build_model, mae_spectral
-from nenya.models.mae_spectral import (MAE_DECODERS, MAE_SIZES, MAESpectral, mae_parameter_count,
+from nenya.models.mae_spectral import (MAE_SIZES, MAESpectral, mae_parameter_count,
                                        random_masking)
 
 # 10 bands x 40 x 40 px in 5 x 10 x 10 patches: a 2 x 4 x 4 grid of 32 tokens of 500 values.
@@ -185,16 +185,49 @@ def test_builders_take_overrides_and_reject_unknown_options():
             build_model("mae_tiny", nchannels=10, bands=15, **geometry)
 
 
-@pytest.mark.parametrize("name", sorted(MAE_SIZES))
-def test_registered_sizes_build_on_meta_with_their_layers_heads_and_width(name):
-    depth, heads, width = MAE_SIZES[name]
-    decoder_depth, decoder_heads, decoder_width = MAE_DECODERS[name]
+# Encoder (width, depth, heads): the ViT sizes of Dosovitskiy et al. (2021; tiny and small from DeiT, Touvron
+# et al. 2021). Decoder (width, depth, heads): the MAE paper's (He et al. 2022: 512 wide, 8 blocks, 16 heads)
+# for base, large and huge; nenya's own choices, as docs/mae.rst documents them, for tiny, small and medium.
+PUBLISHED = {
+    "mae_tiny": ((192, 12, 3), (128, 8, 4)),
+    "mae_small": ((384, 12, 6), (256, 8, 8)),
+    "mae_base": ((768, 12, 12), (512, 8, 16)),
+    "mae_medium": ((512, 16, 16), (256, 8, 8)),
+    "mae_large": ((1024, 24, 16), (512, 8, 16)),
+    "mae_huge": ((1280, 32, 16), (512, 8, 16)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_registered_sizes_are_the_published_ones(name):
+    (width, depth, heads), (decoder_width, decoder_depth, decoder_heads) = PUBLISHED[name]
     with torch.device("meta"):
         model = build_model(name)
-    assert (len(model.blocks), model.blocks[0].attn.num_heads, model.embed_dim) == (depth, heads, width)
-    assert len(model.decoder_blocks) == decoder_depth == 8
-    assert model.decoder_blocks[0].attn.num_heads == decoder_heads
-    assert model.decoder_embed.out_features == decoder_width
+    assert (model.embed_dim, len(model.blocks), model.blocks[0].attn.num_heads) == (width, depth, heads)
+    assert all(block.attn.num_heads == heads for block in model.blocks)
+    assert model.decoder_embed.out_features == decoder_width and len(model.decoder_blocks) == decoder_depth
+    assert all(block.attn.num_heads == decoder_heads for block in model.decoder_blocks)
+
+
+def test_every_registered_size_is_in_the_published_table():
+    assert set(MAE_SIZES) == set(PUBLISHED)
+
+
+def test_the_documented_size_table_matches_the_published_one():
+    """docs/mae.rst's table (encoder layers / heads / width, decoder width / heads, parameters at 500 px,
+    30 bands, patch [25, 5]) states the same sizes, and parameter counts the models really have."""
+    import pathlib
+    import re
+
+    text = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "mae.rst").read_text()
+    rows = re.findall(r"\* - ``(mae_\w+)``.*\n\s+- (\d+) / (\d+) / (\d+)\n\s+- (\d+) / (\d+)\n\s+- ([\d,]+)", text)
+    assert sorted(row[0] for row in rows) == sorted(PUBLISHED)
+    for name, layers, heads, width, decoder_width, decoder_heads, parameters in rows:
+        (w, d, h), (dw, _, dh) = PUBLISHED[name]
+        assert (int(width), int(layers), int(heads), int(decoder_width), int(decoder_heads)) == (w, d, h, dw, dh)
+        assert int(parameters.replace(",", "")) == mae_parameter_count(name, img_size=500, bands=30, patch_size=25,
+                                                                      band_patch=5), name
+    assert "decoder 8 layers" in text
 
 
 def test_parameter_count_without_allocation_matches_the_real_model():

@@ -56,13 +56,22 @@ def test_refuses_to_start_over_an_existing_run(tiny_run):
     assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before
 
 
-def test_dry_run_writes_nothing(tiny_run, capsys):
+def test_dry_run_prints_options_model_and_batch_and_writes_nothing(tiny_run, capsys):
+    from nenya.models import build_model
     opts, folder = tiny_run
     result = train_main(opts, dry=True)
-    out = capsys.readouterr().err + capsys.readouterr().out
-    assert result["parameters"] == sum(p.numel() for p in
-                                       __import__("nenya.models", fromlist=["x"]).build_model(
-                                           "resnet18", nchannels=1, feat_dim=16).parameters()) + 512 * 3 + 3  # probe
+    captured = capsys.readouterr()
+    printed = captured.err + captured.out
+    parameters = sum(p.numel() for p in build_model("resnet18", nchannels=1, feat_dim=16).parameters())
+    parameters += 512 * 3 + 3  # the online linear probe: 3 label values in the tiny data
+    assert result["parameters"] == parameters
+    start = printed.index("{")
+    resolved = json.loads(printed[start:printed.index("\n}", start) + 2])
+    assert resolved["model_name"] == "tiny" and resolved["method"] == "simclr" and resolved["feat_dim"] == 16
+    assert resolved["lr_min"] == pytest.approx(0.05 * 0.1 ** 3)  # derived by option_preprocess
+    assert f"model resnet18: {parameters:,} parameters" in printed
+    assert "one training batch: [16, 2, 1, 8, 8] float32, [16] int64" in printed
+    assert f"run folder would be {folder}" in printed
     assert not folder.exists()
 
 

@@ -74,6 +74,30 @@ def test_lars_step_matches_hand_computation():
     assert bias.item() == pytest.approx(1.0 - 0.1 * 2.0)  # excluded: plain SGD, no decay, no trust ratio
 
 
+def test_lars_with_momentum_over_several_steps_matches_hand_computation():
+    """Three steps with changing gradients: decay, trust ratio, momentum buffer, by hand in float64."""
+    lr, momentum, decay, trust_coefficient = 0.1, 0.9, 0.5, 0.01
+    weight = nn.Parameter(torch.tensor([[3.0, 4.0]], dtype=torch.float64))
+    bias = nn.Parameter(torch.tensor([1.0], dtype=torch.float64))
+    optimizer = LARS([{"params": [weight]}, {"params": [bias], "weight_decay": 0.0, "lars_exclude": True}],
+                     lr=lr, momentum=momentum, weight_decay=decay, trust_coefficient=trust_coefficient)
+    w, b = np.array([3.0, 4.0]), 1.0
+    w_buffer, b_buffer = np.zeros(2), 0.0
+    for step, (w_grad, b_grad) in enumerate([([0.5, -2.0], 2.0), ([1.0, 1.0], -1.0), ([-0.3, 0.7], 0.5)]):
+        weight.grad = torch.tensor([w_grad], dtype=torch.float64)
+        bias.grad = torch.tensor([b_grad], dtype=torch.float64)
+        optimizer.step()
+        update = np.array(w_grad) + decay * w
+        update = update * trust_coefficient * np.linalg.norm(w) / (np.linalg.norm(update) + 1e-8)
+        w_buffer = update if step == 0 else momentum * w_buffer + update
+        w = w - lr * w_buffer
+        b_buffer = b_grad if step == 0 else momentum * b_buffer + b_grad  # excluded: plain momentum SGD
+        b = b - lr * b_buffer
+        np.testing.assert_allclose(weight.detach().numpy()[0], w, rtol=1e-12)
+        assert bias.item() == pytest.approx(b, rel=1e-12)
+    assert not np.allclose(w_buffer, update)  # the momentum carried earlier steps
+
+
 def test_curves_append_and_truncate(tmp_path):
     path = str(tmp_path / "losses_train.h5")
     for epoch in (1, 2, 3):

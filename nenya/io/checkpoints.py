@@ -106,8 +106,8 @@ def restore_training_state(path: str, model, optimizer, scaler, optimizer_name: 
     """Load model, optimizer, scaler and RNG states from the checkpoint at ``path``; return the checkpoint.
 
     A checkpoint written by ``nenya.util.save_model`` (model, optimizer, epoch) resumes too: its step
-    count is taken as epoch x steps_per_epoch and, without saved RNG states, the run continues from
-    freshly seeded generators rather than bit for bit.
+    count is taken as epoch x steps_per_epoch; without saved RNG states the run still draws what it
+    would have, since the loop reseeds every generator from (seed, epoch) at the start of each epoch.
     """
     state = load_checkpoint(path)
     missing = [key for key in ("optimizer", "epoch") if key not in state]
