@@ -22,6 +22,7 @@ TYPE_NAMES = {
     "str": "string",
     "int_list": "list of int",
     "float_list": "list of float",
+    "str_list": "list of string",
 }
 
 INTRO = """\

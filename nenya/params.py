@@ -10,6 +10,7 @@ import os
 import warnings
 
 import nenya.methods  # noqa: F401  (registers every method family, so method names can be checked)
+from nenya import distributed
 from nenya.errors import NenyaError
 from nenya.options import ALIASES, LEGACY_KEYS, OPTIONS, SCHEMA  # noqa: F401  (OPTIONS re-exported)
 from nenya.registry import METHODS, did_you_mean
@@ -100,6 +101,11 @@ def _coerce(option, value, source: str):
     elif kind == "str":
         if isinstance(value, str):
             return value
+    elif kind == "str_list":
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return list(value)
     elif kind == "int_list":
         if isinstance(value, str):
             try:
@@ -202,7 +208,8 @@ def validate(values: dict, source: str = "options", warn_unused: bool = True) ->
                              f"{did_you_mean(key, list(SCHEMA) + list(LEGACY_KEYS) + list(ALIASES))}")
         option = SCHEMA[key]
         value = _coerce(option, value, source)
-        if option.choices is not None and value is not None and value not in option.choices:
+        elements = value if option.type == "str_list" and value is not None else [value]
+        if option.choices is not None and value is not None and any(v not in option.choices for v in elements):
             allowed = ", ".join(map(str, option.choices))
             raise NenyaError(f"{source}: option '{key}' is {json.dumps(value)}; allowed: {allowed}")
         given[key] = value
@@ -230,9 +237,11 @@ def default_model_name(opt: Params) -> str:
 
 
 def option_preprocess(opt: Params) -> Params:
-    """Derive the values training needs (run name, warm-up target, cosine floor) in place, Nenya's way."""
+    """Derive the values training needs (run name, warm-up target, cosine floor, global batch) in place, Nenya's way."""
+    opt.world_size = distributed.world_size()
+    opt.global_batch_size = opt.batch_size_train * opt.accumulate_grad_batches * opt.world_size
     if opt.blr is not None:
-        opt.learning_rate = opt.blr * opt.batch_size_train * opt.accumulate_grad_batches / 256
+        opt.learning_rate = opt.blr * opt.global_batch_size / 256
     if opt.batch_size_train > 256:
         opt.warm = True
     opt.lr_min = opt.learning_rate * opt.lr_decay_rate ** 3

@@ -8,6 +8,7 @@ import sys
 
 import torch
 
+from nenya import distributed
 from nenya.errors import run_cli
 from nenya.io.run_folder import check_run_folder, clear_unfinished_run, make_run_folder, open_log
 from nenya.methods import get_method
@@ -51,6 +52,7 @@ def main(opts_path: str, overrides: dict | None = None, debug: bool = False, res
     if debug:
         overrides.setdefault("num_workers", 0)
         overrides.setdefault("print_freq", 1)
+    distributed.init(use_cuda=overrides.get("cuda_use", True) is not False)  # under torchrun: join the group
     opt = get_options(opts_path, overrides)
     seed_everything(opt.seed)
     if opt.deterministic:
@@ -62,17 +64,22 @@ def main(opts_path: str, overrides: dict | None = None, debug: bool = False, res
     model, _ = set_model(opt, method=method)
     optimizer = set_optimizer(opt, model)
     device = select_device(opt)
+    main_process = distributed.is_main()
     if dry:
-        return dry_run(opt, model, train_loader, open_log(None, verbose))
+        return dry_run(opt, model, train_loader, open_log(None, verbose and main_process))
 
     folder = run_dir(opt)
-    restart = check_run_folder(folder, opt.to_dict(), resume)
-    make_run_folder(folder)
-    log = open_log(folder, verbose)
+    restart = check_run_folder(folder, opt.to_dict(), resume)  # every process checks before any writes
+    distributed.barrier()
+    if main_process:
+        make_run_folder(folder)
+    log = open_log(folder if main_process else None, verbose and main_process)
     if restart:  # --resume of a run stopped before its first checkpoint: nothing to lose, start it again
-        clear_unfinished_run(folder)
+        if main_process:
+            clear_unfinished_run(folder)
         log(f"nothing to resume in {folder} (no checkpoint yet): starting the run from the beginning")
         resume = False
+    distributed.barrier()
     run = Run(opt, method, model, optimizer, make_scaler(opt, device), device, train_loader, valid_loader, folder,
               log)
     return fit(run, resume=resume, resume_hint=command_line(opts_path, given))

@@ -311,11 +311,19 @@ def to_device(batch, device: torch.device):
     return batch
 
 
+def resolve_amp(amp: str, device_type: str, bf16_supported: bool) -> str:
+    """The precision ``amp`` means on a device: 'none' off CUDA; 'auto' is bf16 where the GPU supports it."""
+    if device_type != "cuda":
+        return "none"
+    if amp == "auto":
+        return "bf16" if bf16_supported else "none"
+    return amp
+
+
 def autocast_dtype(opt, device: torch.device):
-    """The autocast dtype of ``opt.amp`` on CUDA; None (full precision) otherwise."""
-    if device.type != "cuda":
-        return None
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(opt.amp)
+    """The autocast dtype of ``opt.amp`` on this device; None (full precision) on the CPU or when off."""
+    supported = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(resolve_amp(opt.amp, device.type, supported))
 
 
 def make_scaler(opt, device: torch.device) -> torch.amp.GradScaler:
@@ -407,6 +415,7 @@ def train_model(train_loader, model, criterion, optimizer, epoch: int, opt, cuda
     the optimizer (which may be None) is not used.
     """
     method = as_method(criterion, opt)
+    method.epoch = epoch  # per-sample draws of the method (MAE masks) are seeded by (seed, epoch, item)
     device = device or select_device(opt, cuda_use)
     if not update_model:
         return _loss_pass(train_loader, model, method, device, opt)
@@ -418,7 +427,9 @@ def train_model(train_loader, model, criterion, optimizer, epoch: int, opt, cuda
     step_losses = []
     total = len(train_loader)
     start = time.time()
-    progress = tqdm(train_loader, desc=f"epoch {epoch}/{opt.epochs}", leave=False, disable=None)
+    skipped = 0  # optimizer steps the fp16 gradient scaler skipped (inf/NaN gradients; the loss was finite)
+    progress = tqdm(train_loader, desc=f"epoch {epoch}/{opt.epochs}", leave=False,
+                    disable=None if distributed.is_main() else True)
     for batch_id, batch in enumerate(progress):
         batch = to_device(batch, device)
         step_learning_rate(opt, epoch, batch_id, total, optimizer)
@@ -429,8 +440,10 @@ def train_model(train_loader, model, criterion, optimizer, epoch: int, opt, cuda
         objective = loss + scalars.pop("aux_loss", 0.0)  # side heads (an online probe) train, unreported
         scaler.scale(objective / accumulate if accumulate > 1 else objective).backward()
         if (batch_id + 1) % accumulate == 0 or batch_id + 1 == total:
+            scale = scaler.get_scale() if scaler.is_enabled() else None
             scaler.step(optimizer)
             scaler.update()
+            skipped += int(scale is not None and scaler.get_scale() < scale)  # the scale drops when it skips
             optimizer.zero_grad(set_to_none=True)
         step_losses.append(loss.detach())
         for name, value in scalars.items():
@@ -448,7 +461,10 @@ def train_model(train_loader, model, criterion, optimizer, epoch: int, opt, cuda
     for value in steps:
         losses.update(float(value))
     running = np.cumsum(steps) / np.arange(1, steps.size + 1)
-    return EpochResult(losses.avg, steps, running, {name: meter.avg for name, meter in extras.items()})
+    means = {name: meter.avg for name, meter in extras.items()}
+    if scaler.is_enabled():
+        means["skipped_steps"] = float(skipped)
+    return EpochResult(losses.avg, steps, running, means)
 
 
 def _loss_pass(loader, model, method, device, opt) -> EpochResult:
@@ -579,6 +595,26 @@ def is_better(value: float, best: float | None, mode: str) -> bool:
     return best is None or (value > best if mode == "max" else value < best)
 
 
+def across_processes(result: EpochResult) -> EpochResult:
+    """The epoch's per-step losses and extras averaged over every process (itself alone)."""
+    if not distributed.initialized():
+        return result
+    world = distributed.world_size()
+    steps = (distributed.all_reduce_sum(torch.as_tensor(result[1], dtype=torch.float64)) / world).numpy()
+    names = sorted(result.extras)
+    extras = distributed.all_reduce_sum(torch.tensor([result.extras[n] for n in names], dtype=torch.float64)) / world
+    running = np.cumsum(steps) / np.arange(1, steps.size + 1)
+    return EpochResult(float(steps.mean()) if steps.size else 0.0, steps, running,
+                       dict(zip(names, extras.tolist())))
+
+
+class _NoWriter:
+    """TensorBoard's SummaryWriter for the processes that write nothing."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
 class Run:
     """The pieces of one training run that the epoch driver works with."""
 
@@ -611,6 +647,7 @@ def _fit(run: Run, resume: bool) -> dict:
     from torch.utils.tensorboard import SummaryWriter
 
     opt, method, model, optimizer, log, folder = run.opt, run.method, run.model, run.optimizer, run.log, run.folder
+    main = distributed.is_main()  # only the first process writes files
     monitor = monitor_of(opt, method)
     train_h5, valid_h5 = os.path.join(folder, "losses_train.h5"), os.path.join(folder, "losses_valid.h5")
     start_epoch, step, best, init_metrics = 1, 0, {"metric": monitor[0], "value": None, "epoch": None}, {}
@@ -620,21 +657,25 @@ def _fit(run: Run, resume: bool) -> dict:
                                        steps_per_epoch=len(run.train_loader))
         start_epoch, step = state["epoch"] + 1, state["step"]
         best, init_metrics = state.get("best") or best, state.get("init_metrics") or {}
-        for curve in (train_h5, valid_h5):
-            curves.truncate_after(curve, state["epoch"])
+        if main:
+            for curve in (train_h5, valid_h5):
+                curves.truncate_after(curve, state["epoch"])
         log(f"resuming {folder} after epoch {state['epoch']}")
-        for note in repair_checkpoints(folder, state, opt.save_freq):
+        for note in repair_checkpoints(folder, state, opt.save_freq) if main else ():
             log(note)
-    write_options(folder, opt.to_dict())
-    writer = SummaryWriter(os.path.join(folder, "tb"), purge_step=step if resume else None)
-    log(f"training {opt.method} / {opt.model} on {run.device} "
+    if main:
+        write_options(folder, opt.to_dict())
+    writer = SummaryWriter(os.path.join(folder, "tb"), purge_step=step if resume else None) if main else _NoWriter()
+    processes = f", {opt.world_size} processes, global batch {opt.global_batch_size}" if opt.world_size > 1 else ""
+    log(f"training {opt.method} / {opt.model} on {run.device}{processes} "
         f"({sum(p.numel() for p in model.parameters()):,} parameters) into {folder}")
 
     try:
         if start_epoch == 1 and run.valid_loader is not None:
             init_metrics = validate(run.valid_loader, model, method, run.device, opt)["metrics"]
             check_finite_validation(init_metrics, run.valid_loader, 0, opt)
-            curves.append_epoch(valid_h5, 0, {f"{k}_valid": v for k, v in init_metrics.items()})
+            if main:
+                curves.append_epoch(valid_h5, 0, {f"{k}_valid": v for k, v in init_metrics.items()})
             log("at initialisation: " + ", ".join(f"{k} {v:.4f}" for k, v in init_metrics.items()))
 
         last_valid, last_train_loss = dict(init_metrics), None
@@ -647,49 +688,58 @@ def _fit(run: Run, resume: bool) -> dict:
             if isinstance(run.train_loader.sampler, EpochSampler):
                 run.train_loader.sampler.set_epoch(epoch)
             adjust_learning_rate(opt, optimizer, epoch)
-            result = train_model(run.train_loader, model, method, optimizer, epoch, opt, device=run.device,
-                                 scaler=run.scaler, log=log, writer=writer, first_step=step)
+            result = across_processes(train_model(run.train_loader, model, method, optimizer, epoch, opt,
+                                                  device=run.device, scaler=run.scaler, log=log,
+                                                  writer=writer if main else None, first_step=step))
             step += result.steps
             lr = optimizer.param_groups[0]["lr"]
             last_train_loss = result.loss
             scalars = {"loss_train": result.loss, "lr": lr, **{f"{k}_train": v for k, v in result.extras.items()}}
-            curves.append_epoch(train_h5, epoch, scalars, {"loss_step_train": result[1], "loss_avg_train": result[2]})
+            if main:
+                curves.append_epoch(train_h5, epoch, scalars,
+                                    {"loss_step_train": result[1], "loss_avg_train": result[2]})
             writer.add_scalar("loss/train", result.loss, epoch)
             writer.add_scalar("lr", lr, epoch)
             summary = f"epoch {epoch}/{opt.epochs}: train loss {result.loss:.4f}, lr {lr:.5g}"
+            if result.extras.get("skipped_steps"):
+                summary += f", {result.extras['skipped_steps']:.0f} steps skipped by the fp16 gradient scaler"
 
             improved = False
             if run.valid_loader is not None and (epoch % opt.valid_freq == 0 or epoch == opt.epochs):
                 valid = validate(run.valid_loader, model, method, run.device, opt)
                 last_valid = valid["metrics"]
                 check_finite_validation(last_valid, run.valid_loader, epoch, opt)
-                curves.append_epoch(valid_h5, epoch, {f"{k}_valid": v for k, v in last_valid.items()},
-                                    {"loss_step_valid": valid["loss_step"], "loss_avg_valid": valid["loss_avg"]})
+                if main:
+                    curves.append_epoch(valid_h5, epoch, {f"{k}_valid": v for k, v in last_valid.items()},
+                                        {"loss_step_valid": valid["loss_step"], "loss_avg_valid": valid["loss_avg"]})
                 for name, value in last_valid.items():
                     writer.add_scalar(f"{name}/valid", value, epoch)
                 summary += ", valid " + ", ".join(f"{k} {v:.4f}" for k, v in last_valid.items())
                 value = last_valid.get(monitor[0])
                 if value is not None and is_better(value, best["value"], monitor[1]):
                     best, improved = {"metric": monitor[0], "value": value, "epoch": epoch}, True
-                method.figures(model, run.device, os.path.join(folder, "figures"), epoch)
+                if main:
+                    method.figures(model, run.device, os.path.join(folder, "figures"), epoch)
             elif run.valid_loader is None and is_better(result.loss, best["value"], "min"):
                 best, improved = {"metric": "loss_train", "value": result.loss, "epoch": epoch}, True
 
             state = checkpoint_state(model, optimizer, run.scaler, epoch, step, opt, best, init_metrics, last_valid,
                                      last_train_loss)
-            save_checkpoint(os.path.join(folder, "last.pth"), state)
-            if improved:
-                save_checkpoint(os.path.join(folder, "best.pth"), state)
-            if epoch % opt.save_freq == 0:
-                save_checkpoint(os.path.join(folder, f"ckpt_epoch_{epoch}.pth"), state)
+            if main:
+                save_checkpoint(os.path.join(folder, "last.pth"), state)
+                if improved:
+                    save_checkpoint(os.path.join(folder, "best.pth"), state)
+                if epoch % opt.save_freq == 0:
+                    save_checkpoint(os.path.join(folder, f"ckpt_epoch_{epoch}.pth"), state)
             log(summary)
             writer.flush()
     finally:
         writer.close()
-    if os.path.isfile(train_h5):
+    if main and os.path.isfile(train_h5):
         from nenya.plots.curves import training_plots
         training_plots(folder, opt.dpi)
     metrics = write_metrics(folder, opt.method, monitor, best, init_metrics, last_valid, last_train_loss,
-                            opt.epochs, method.describe())
+                            opt.epochs, method.describe(), write=main)
+    distributed.barrier()
     log(f"done: best {best['metric']} {best['value']} at epoch {best['epoch']}; files in {folder}")
     return metrics

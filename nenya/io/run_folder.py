@@ -193,11 +193,13 @@ def open_log(folder: str | None, verbose: bool = True):
 
 
 def write_metrics(folder, method_name, monitor, best, init_metrics, last_valid, last_train_loss, epoch,
-                  about: dict | None = None) -> dict:
-    """metrics.json: metrics at initialisation, at the last validation, and the best by the monitored metric."""
+                  about: dict | None = None, write: bool = True) -> dict:
+    """metrics.json (written unless ``write`` is off): metrics at initialisation, at the last validation, and
+    the best by the monitored metric."""
     metrics = {"method": method_name, "epochs_completed": epoch, "monitor": monitor[0], "mode": monitor[1],
                "best": best, "init": init_metrics, "final": last_valid, "train_loss_final": last_train_loss}
     if about:
         metrics["about"] = about
-    write_json(os.path.join(folder, "metrics.json"), metrics, indent=2)
+    if write:
+        write_json(os.path.join(folder, "metrics.json"), metrics, indent=2)
     return metrics

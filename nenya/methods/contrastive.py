@@ -5,6 +5,7 @@ import os
 import torch
 import torch.nn.functional as F
 
+from nenya import distributed
 from nenya.data.builtin import images_path
 from nenya.data.hdf5 import HDF5Images, check_channels, check_images
 from nenya.data.transforms import Demean, build_augmentation
@@ -77,10 +78,12 @@ class SimCLR(Method):
 
     def _pairs(self, model, batch):
         """(SupConLoss of the two views' projections, their encoder features [2B, D]); labels only for SupCon."""
-        views, labels = batch  # views [B, 2, C, H, W], labels [B] (-1: none)
+        views, labels = batch[0], batch[1]  # views [B, 2, C, H, W], labels [B] (-1: none)
         projections, features = model(views.flatten(0, 1), return_features=True)  # [2B, feat_dim], [2B, D]
-        loss = self.criterion(projections.view(*views.shape[:2], -1), labels if self.uses_labels else None)
-        return loss, features
+        projections = projections.view(*views.shape[:2], -1)  # [B, 2, feat_dim]
+        if self.opt.gather_negatives and distributed.initialized():  # negatives from the global batch
+            projections, labels = distributed.gather_with_gradient(projections), distributed.gather(labels)
+        return self.criterion(projections, labels if self.uses_labels else None), features
 
     def loss(self, model, batch):
         """The contrastive loss; the online probe's cross-entropy on detached features trains on the side."""

@@ -99,7 +99,12 @@ class MAE(Method):
     def loss(self, model, batch):
         """MAESpectralLoss of the predicted patches, and its unweighted parts (``loss_mse``, ...) as extras."""
         cubes = batch[0]  # [B, C, H, W]
-        pred, mask, _ = model(cubes)  # [B, L, patch_dim], [B, L]
+        noise = None
+        if len(batch) > 2:  # items with their index: masks drawn per item from (seed, epoch, index)
+            epoch = getattr(self, "epoch", 0)
+            seeds = [(self.opt.seed, epoch, int(index)) for index in batch[2]]
+            noise = seeded_noise(seeds, unwrap(model).num_patches).to(cubes.device)
+        pred, mask, _ = model(cubes, noise=noise)  # [B, L, patch_dim], [B, L]
         total, parts = self.criterion(pred, unwrap(model).patchify(cubes), mask)
         return total, {f"loss_{name}": value for name, value in parts.items()}
 

@@ -13,6 +13,8 @@ OPTIONS = [
            section="method", minimum=0, exclusive_minimum=True),
     Option("contrast_mode", "str", "all", "anchors of the contrastive loss: every view, or the first view only",
            CONTRASTIVE, choices=("all", "one"), section="method"),
+    Option("gather_negatives", "bool", True, "under torch.distributed, contrast every process's embeddings (the "
+           "negatives span the global batch, gradients flow back to each process)", CONTRASTIVE, section="method"),
     Option("knn_k", "int", 20, "neighbours of the kNN-accuracy monitor", CONTRASTIVE, section="monitoring", minimum=1),
     Option("knn_bank_size", "int", 10000, "most training images in the kNN memory bank", CONTRASTIVE,
            section="monitoring", minimum=1),

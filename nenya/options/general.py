@@ -54,16 +54,21 @@ OPTIONS = [
     Option("schedule", "str", "epoch",
            "learning-rate schedule: Nenya's per-epoch cosine/step (+ warm), or per-iteration linear warm-up over "
            "warm_epochs then cosine to lr_min (MAE)", choices=("epoch", "iter_cosine"), section="optimisation"),
-    Option("blr", "float", None, "base rate: when set, learning_rate = blr * effective batch / 256", nullable=True,
+    Option("blr", "float", None, "base rate: when set, learning_rate = blr * global batch / 256 (batch_size_train "
+           "x accumulate_grad_batches x processes)", nullable=True,
            section="optimisation", minimum=0, exclusive_minimum=True),
     Option("betas", "float_list", [0.9, 0.999], "Adam/AdamW betas",
            section="optimisation", minimum=0, maximum=1, exclusive_maximum=True),
     Option("accumulate_grad_batches", "int", 1, "batches whose gradients add up before each optimizer step",
            section="optimisation", minimum=1),
-    Option("amp", "str", "none", "mixed precision on CUDA: bf16 autocast, or fp16 autocast with a gradient "
-           "scaler (ignored on the CPU)", choices=("none", "bf16", "fp16"), section="optimisation"),
+    Option("amp", "str", "auto", "mixed precision on CUDA: auto (bf16 autocast on GPUs that support it, else "
+           "none), bf16, fp16 autocast with a gradient scaler, or none (the CPU always runs in float32)",
+           choices=("auto", "none", "bf16", "fp16"), section="optimisation"),
     Option("epochs", "int", 100, "number of training epochs", section="optimisation", minimum=1),
-    Option("batch_size_train", "int", 64, "training batch size (per process)", section="optimisation", minimum=1),
+    Option("batch_size_train", "int", 64, "training batch size of each process (under torchrun the global batch "
+           "is this x the number of processes)", section="optimisation", minimum=1),
+    Option("global_batch_size", "int", None, "batch_size_train x accumulate_grad_batches x world_size", nullable=True,
+           derived=True, section="optimisation", minimum=1),
     Option("batch_size_valid", "int", 64, "validation batch size", section="optimisation", minimum=1),
     # data
     Option("data_folder", "str", "./", "folder that holds images_file", section="data"),
@@ -104,6 +109,16 @@ OPTIONS = [
            section="run", minimum=0, maximum=2**32 - 1),
     Option("deterministic", "bool", False, "torch.use_deterministic_algorithms and no cuDNN benchmark",
            section="run"),
-    Option("cuda_use", "bool", True, "use CUDA when it is available (several GPUs: DataParallel)", section="run"),
-    Option("syncBN", "bool", False, "synchronised BatchNorm under torch.distributed", section="run"),
+    Option("cuda_use", "bool", True, "use CUDA when it is available (several GPUs without torchrun: "
+           "DataParallel; under torchrun: one GPU per process)", section="run"),
+    Option("syncBN", "bool", False, "synchronised BatchNorm under torch.distributed (BatchNorm statistics over the "
+           "global batch)", section="run"),
+    Option("world_size", "int", None, "processes training together (1 without torchrun)", nullable=True,
+           derived=True, section="run", minimum=1),
+    Option("tracking", "str_list", ["tensorboard"], "where curves go besides the HDF5 files: tensorboard, mlflow "
+           "(pip install -e .[mlflow])", choices=("tensorboard", "mlflow"), section="run"),
+    Option("mlflow_uri", "str", None, "MLflow tracking URI (default: a local mlruns/ folder beside model_root; "
+           "sqlite:///mlflow.db works too)", nullable=True, section="run"),
+    Option("experiment_name", "str", None, "MLflow experiment (default: the method's name)", nullable=True,
+           section="run"),
 ]
