@@ -36,6 +36,49 @@ def write_digits_h5(path, valid_fraction=0.2, seed=0):
     return write_h5(os.fspath(path), arrays, attrs)
 
 
+TEXTURE_CLASSES = ("brick", "grass", "gravel", "cell", "moon", "coins", "text", "hubble_deep_field")
+
+
+@register_builtin("textures")
+def write_textures_h5(path, size=16, zoom=2, n_train=100, n_valid=25, valid_fraction=0.3, seed=0):
+    """Write grey-scale patches of 8 pictures scikit-image ships (labels: the picture) in Nenya's layout.
+
+    Each picture is scaled to [0, 1] and shrunk by ``zoom`` (block mean); training patches come from its
+    left part and validation patches from its right ``valid_fraction``, a half patch apart on each side,
+    so no validation patch overlaps a training one. A random network is a weak feature on these
+    textures, so the SimCLR demo shows what training adds.
+    """
+    import skimage.data
+    from skimage.color import rgb2gray
+    from skimage.transform import downscale_local_mean
+
+    rng = np.random.default_rng(seed)
+    parts = {"train": ([], []), "valid": ([], [])}
+    for label, name in enumerate(TEXTURE_CLASSES):
+        image = getattr(skimage.data, name)()
+        image = rgb2gray(image[..., :3]) if image.ndim == 3 else image / 255.0
+        height, width = (image.shape[0] // zoom) * zoom, (image.shape[1] // zoom) * zoom
+        image = downscale_local_mean(image[:height, :width], (zoom, zoom))
+        height, width = image.shape
+        cut = int(round(width * (1 - valid_fraction)))
+        for split, count, (start, stop) in (("train", n_train, (0, cut - size // 2)),
+                                            ("valid", n_valid, (cut + size // 2, width))):
+            tops = rng.integers(0, height - size + 1, count)
+            lefts = rng.integers(start, stop - size + 1, count)
+            for top, left in zip(tops, lefts):
+                parts[split][0].append(image[top:top + size, left:left + size])
+                parts[split][1].append(label)
+    arrays = {}
+    for split, (images, labels) in parts.items():
+        arrays[split] = np.asarray(images, np.float32)[:, None]  # [N, 1, size, size]
+        arrays[f"{split}_labels"] = np.asarray(labels, np.int64)
+    attrs = {"source": "skimage.data: " + ", ".join(TEXTURE_CLASSES), "n_classes": len(TEXTURE_CLASSES),
+             "description": f"{size}x{size} grey-scale patches of each picture shrunk {zoom}x; label = picture; "
+                            f"validation patches from the right {valid_fraction:.0%} of each picture",
+             "seed": int(seed)}
+    return write_h5(os.fspath(path), arrays, attrs)
+
+
 def resolve_builtin(images_file, data_folder):
     """Return the local file for a "builtin:<name>" images_file (made on first use), or None otherwise."""
     if not images_file.startswith(PREFIX):
