@@ -9,8 +9,8 @@ seed)`), and every kernel used is batch-invariant, so both paths give bit-identi
 
 Images follow Nenya's order: rotate (bilinear, zeros outside), flip, jitter-crop (resized back to
 H x W, bilinear), noise, demean. Rotation, flip and the crop window are one `grid_sample` that samples
-the rotated, flipped image only inside the window, followed by one `interpolate`; without rotation the
-window is gathered exactly. Cubes: crop, rot90, flip, as one exact gather.
+the rotated, flipped image only inside the window (without rotation the window is gathered exactly),
+and the resize back is a second `grid_sample`. Cubes: crop, rot90, flip, as one exact gather.
 
 Seeds: `derive_seed(seed, epoch, index, view)` mixes integers into one seed; the CPU generator uses
 its low 32 bits, which `derive_seed` mixes well.
@@ -233,9 +233,17 @@ def _gather_planes(planes, flat_index):
 
 
 def resize_planes(planes, height, width):
-    """Resize planes [B, P, h, w] to [B, P, height, width] (bilinear, align_corners=False, no antialias)."""
-    return F.interpolate(planes.contiguous(), size=(height, width), mode="bilinear", align_corners=False,
-                         antialias=False)
+    """Resize planes [B, P, h, w] to [B, P, height, width]: bilinear, align_corners=False, edges clamped, no antialias.
+
+    The same map as F.interpolate(mode="bilinear", align_corners=False), computed by grid_sample on the pixel
+    centres of the output (an identity grid), whose CPU kernel gives each item the same bits whatever the
+    batch and the thread count (interpolate's does not with several threads).
+    """
+    along_y = ((torch.arange(height, dtype=torch.float64) + 0.5) * (2.0 / height) - 1.0).to(planes.dtype)  # [height]
+    along_x = ((torch.arange(width, dtype=torch.float64) + 0.5) * (2.0 / width) - 1.0).to(planes.dtype)  # [width]
+    grid = torch.stack(torch.broadcast_tensors(along_x[None, :], along_y[:, None]), -1).to(planes.device)
+    grid = grid[None].expand(planes.shape[0], height, width, 2)  # [B, height, width, 2]
+    return F.grid_sample(planes, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def batch_means(batch):
