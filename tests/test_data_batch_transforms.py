@@ -87,8 +87,9 @@ def test_two_views_match_per_sample_views_and_seeded_two_views():
         assert not torch.allclose(views[i, 0], views[i, 1])
 
 
-def test_legacy_classes_equal_batched_path_for_the_same_draws():
-    # replay the global-RNG draws of build_augmentation's classes as params for the batched path
+def test_legacy_classes_agree_with_batched_path_for_the_same_draws():
+    # replay the global-RNG draws of build_augmentation's classes as params for the batched path; the classes
+    # compute the same maps with affine_grid, interpolate and mean, so they agree to float rounding
     image, jitter = batch_of(1, (3, 16, 14))[0], 2
     legacy = build_augmentation(**OPTIONS)
     for seed in range(6):
@@ -105,7 +106,7 @@ def test_legacy_classes_equal_batched_path_for_the_same_draws():
                                             (angle, math.cos(rad), math.sin(rad))),
                              torch.tensor([flip_h]), torch.tensor([flip_v]),
                              *(torch.tensor([v]) for v in (dy, dx, top, left)), noise=noise[None])
-        torch.testing.assert_close(apply_image_params(image[None], params, FULL)[0], expected, rtol=0, atol=0)
+        torch.testing.assert_close(apply_image_params(image[None], params, FULL)[0], expected, rtol=0, atol=1e-5)
 
 
 # The batched path against an independent computation (scikit-image, numpy)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, fields
 import torch
 import torch.nn.functional as F
 
+from nenya.data.transforms import _is_positive_int, _parse_cropjitter
 from nenya.errors import NenyaError
 
 _MASK64 = (1 << 64) - 1
@@ -365,28 +366,3 @@ def _check_shape(batch, item_shape, count):
     if tuple(batch.shape) != (count, *item_shape):
         raise ValueError(f"the params were drawn for {count} items of shape {item_shape} "
                          f"but the batch has shape {tuple(batch.shape)}")
-
-
-def _parse_cropjitter(value):
-    """Return (crop, jitter) from Nenya's random_cropjitter option, or None when it is off."""
-    if value is None:
-        return None
-    if not isinstance(value, (list, tuple)) or len(value) not in (0, 2):
-        raise NenyaError(f"random_cropjitter={value!r} is invalid; use [crop, jitter], [] or null")
-    if len(value) == 0:
-        return None
-    try:
-        crop, jitter = (int(v) for v in value)
-    except (TypeError, ValueError):
-        raise NenyaError(f"random_cropjitter={value!r} is invalid; use two integers [crop, jitter]") from None
-    if crop == 0 and jitter == 0:
-        return None
-    return crop, jitter
-
-
-def _is_positive_int(value):
-    """Whether `value` is a whole number >= 1 (bools and strings excluded)."""
-    try:
-        return not isinstance(value, (bool, str)) and int(value) == value and value >= 1
-    except (TypeError, ValueError):
-        return False

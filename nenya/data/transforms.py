@@ -3,8 +3,7 @@
 Nenya's image augmentations (rotate, flip, jitter-crop, noise, demean) and the cube augmentations of
 the MAE (random and centre crop, 90-degree rotations, flips). Every random draw comes from torch's
 global RNG, so torch.manual_seed makes runs repeatable. Images with extra leading axes ([C, D, H, W])
-are treated as a stack of [H, W] planes. The arithmetic (rotation grid, resize, mean) is that of
-nenya.data.batch_transforms, which applies the same augmentations to whole batches from per-item seeds.
+are treated as a stack of [H, W] planes.
 """
 
 import math
@@ -12,7 +11,6 @@ import math
 import torch
 import torch.nn.functional as F
 
-from nenya.data.batch_transforms import _is_positive_int, _parse_cropjitter, batch_means, resize_planes, window_grid
 from nenya.errors import NenyaError
 
 
@@ -47,12 +45,16 @@ def rotate(image, degrees, padding_mode="zeros"):
     """Rotate [..., H, W] counter-clockwise by `degrees` about the centre (bilinear; like torch.rot90 for 90)."""
     height, width = image.shape[-2:]
     rad = math.radians(degrees)
-    cos, sin = (torch.tensor([v], dtype=torch.float64, device=image.device) for v in (math.cos(rad), math.sin(rad)))
-    start = torch.zeros(1, dtype=torch.int64, device=image.device)
-    no_flip = torch.zeros(1, dtype=torch.bool, device=image.device)
-    grid = window_grid(cos, sin, start, start, no_flip, no_flip, (height, width), (height, width),
-                       image.dtype)  # [1, H, W, 2]
+    cos, sin = math.cos(rad), math.sin(rad)
+    # affine_grid maps output to input in coordinates normalised per axis; rescale so the
+    # rotation happens in pixel units and non-square images are not sheared.
+    theta = torch.tensor(
+        [[cos, -sin * height / width, 0.0], [sin * width / height, cos, 0.0]],
+        dtype=image.dtype,
+        device=image.device,
+    )
     planes = image.reshape(1, -1, height, width)
+    grid = F.affine_grid(theta[None], list(planes.shape), align_corners=False)
     out = F.grid_sample(planes, grid, mode="bilinear", padding_mode=padding_mode, align_corners=False)
     return out.reshape(image.shape)
 
@@ -98,7 +100,9 @@ class JitterCrop:
         window = image[..., top:top + crop, left:left + crop]
         if (crop, crop) == (height, width):
             return window
-        return resize_planes(window.reshape(1, -1, crop, crop), height, width).reshape(image.shape)
+        planes = window.reshape(1, -1, crop, crop)
+        out = F.interpolate(planes, size=(height, width), mode="bilinear", align_corners=False, antialias=False)
+        return out.reshape(image.shape)
 
     def __repr__(self):
         return f"JitterCrop(crop={self.crop}, jitter={self.jitter})"
@@ -121,7 +125,7 @@ class Demean:
     """Subtract the image's mean over all pixels and channels."""
 
     def __call__(self, image):
-        return image - batch_means(image[None])[0]
+        return image - image.mean()
 
     def __repr__(self):
         return "Demean()"
@@ -144,6 +148,23 @@ def build_augmentation(flip, rotate, random_cropjitter, gauss_noise, demean):
     if demean:
         steps.append(Demean())
     return Compose(steps)
+
+
+def _parse_cropjitter(value):
+    """Return (crop, jitter) from Nenya's random_cropjitter option, or None when it is off."""
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)) or len(value) not in (0, 2):
+        raise NenyaError(f"random_cropjitter={value!r} is invalid; use [crop, jitter], [] or null")
+    if len(value) == 0:
+        return None
+    try:
+        crop, jitter = (int(v) for v in value)
+    except (TypeError, ValueError):
+        raise NenyaError(f"random_cropjitter={value!r} is invalid; use two integers [crop, jitter]") from None
+    if crop == 0 and jitter == 0:
+        return None
+    return crop, jitter
 
 
 class CubeRot90:
@@ -212,3 +233,11 @@ def build_cube_augmentation(flip, rot90, crop=None):
     if flip:
         steps.append(RandomFlip())
     return Compose(steps)
+
+
+def _is_positive_int(value):
+    """Whether `value` is a whole number >= 1 (bools and strings excluded)."""
+    try:
+        return not isinstance(value, (bool, str)) and int(value) == value and value >= 1
+    except (TypeError, ValueError):
+        return False
