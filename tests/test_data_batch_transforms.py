@@ -17,6 +17,7 @@ from nenya.data.batch_transforms import (
     apply_image_params,
     augment_cubes,
     augment_images,
+    batch_means,
     derive_seed,
     draw_cube_params,
     draw_image_params,
@@ -76,15 +77,27 @@ def test_item_does_not_depend_on_its_batch_position_or_threads():
     torch.testing.assert_close(first, alone, rtol=0, atol=0)
 
 
-def test_two_views_match_per_sample_views_and_seeded_two_views():
-    batch, seeds = batch_of(4, (3, 16, 16)), [8, 9, 10, 11]
-    views = two_views(batch, seeds, FULL)
-    assert views.shape == (4, 2, 3, 16, 16)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("name", [*AUGMENTS, "noise-only"])
+def test_two_views_match_per_view_augmentation_and_seeded_two_views(name, shape):
+    aug = AUGMENTS.get(name, ImageAugment(gauss_noise=0.1))
+    batch, seeds = batch_of(4, shape), [8, 9, 10, 11]
+    before = batch.clone()
+    views = two_views(batch, seeds, aug)
+    assert views.shape == (4, 2, *shape)
     for i, seed in enumerate(seeds):
         for v in range(2):
-            torch.testing.assert_close(views[i, v], FULL(batch[i], derive_seed(seed, v)), rtol=0, atol=0)
-        torch.testing.assert_close(SeededTwoViews(FULL)(batch[i], seed), views[i], rtol=0, atol=0)
+            torch.testing.assert_close(views[i, v], aug(batch[i], derive_seed(seed, v)), rtol=0, atol=0)
+        torch.testing.assert_close(SeededTwoViews(aug)(batch[i], seed), views[i], rtol=0, atol=0)
         assert not torch.allclose(views[i, 0], views[i, 1])
+    assert torch.equal(batch, before)  # the caller's batch is not written to
+
+
+def test_batch_means_against_numpy():
+    for length in (1, 2, 3, 7, 1040, 4097):
+        values = batch_of(3, (length,), dtype=torch.float64)
+        np.testing.assert_allclose(batch_means(values).numpy(), values.numpy().mean(1), rtol=0, atol=1e-14)
+        assert batch_means(values[1:2]).item() == batch_means(values)[1].item()
 
 
 def test_legacy_classes_agree_with_batched_path_for_the_same_draws():
@@ -105,7 +118,7 @@ def test_legacy_classes_agree_with_batched_path_for_the_same_draws():
         params = ImageParams((3, 16, 14), *(torch.tensor([v], dtype=torch.float64) for v in
                                             (angle, math.cos(rad), math.sin(rad))),
                              torch.tensor([flip_h]), torch.tensor([flip_v]),
-                             *(torch.tensor([v]) for v in (dy, dx, top, left)), noise=noise[None])
+                             *(torch.tensor([v]) for v in (dy, dx, top, left)), noise=0.1 * noise[None])
         torch.testing.assert_close(apply_image_params(image[None], params, FULL)[0], expected, rtol=0, atol=1e-5)
 
 
@@ -113,7 +126,7 @@ def test_legacy_classes_agree_with_batched_path_for_the_same_draws():
 
 
 def reference_image(image, params, i, aug):
-    """One item augmented with scikit-image and numpy from its drawn params: rotate, flip, crop, resize, noise, demean."""
+    """One item augmented by scikit-image and numpy from its params: rotate, flip, crop, resize, noise, demean."""
     planes = image.numpy().astype(np.float64).reshape(-1, *image.shape[-2:])  # [P, H, W]
     height, width = planes.shape[-2:]
     angle = float(params.angle[i])
@@ -130,7 +143,7 @@ def reference_image(image, params, i, aug):
                                   preserve_range=True) for w in window])
     out = out.reshape(image.shape)
     if aug.gauss_noise:
-        out = out + aug.gauss_noise * params.noise[i].numpy()
+        out = out + params.noise[i].numpy()  # drawn already scaled by gauss_noise
     if aug.demean:
         out = out - out.mean()
     return out
@@ -166,7 +179,7 @@ def test_params_follow_the_seed_protocol():
         assert (params.flip_h[i].item(), params.flip_v[i].item()) == (u[1] < 0.5, u[2] < 0.5)
         assert (params.dy[i].item(), params.dx[i].item()) == (math.floor(u[3] * 5) - 2, math.floor(u[4] * 5) - 2)
         assert params.top[i].item() == 3 + params.dy[i].item()
-        assert torch.equal(params.noise[i], torch.randn(shape, generator=generator))
+        assert torch.equal(params.noise[i], 0.1 * torch.randn(shape, generator=generator))
 
 
 def test_switched_off_augmentations_do_nothing():

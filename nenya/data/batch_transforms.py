@@ -16,6 +16,7 @@ Seeds: `derive_seed(seed, epoch, index, view)` mixes integers into one seed; the
 its low 32 bits, which `derive_seed` mixes well.
 """
 
+import functools
 import math
 from dataclasses import dataclass, fields
 
@@ -123,7 +124,7 @@ class ImageParams:
     dx: torch.Tensor  # [B] int64
     top: torch.Tensor  # [B] int64, the window's top row after clamping inside the image
     left: torch.Tensor  # [B] int64
-    noise: torch.Tensor | None  # [B, *image_shape] float32 standard normal, None when noise is off
+    noise: torch.Tensor | None  # [B, *image_shape] float32: gauss_noise x standard normal; None when noise is off
 
     def to(self, device):
         """The same parameters on `device`."""
@@ -156,35 +157,48 @@ def draw_image_params(seeds, image_shape, aug: ImageAugment) -> ImageParams:
         rows.append((angle, math.cos(rad), math.sin(rad), flip_h, flip_v, dy, dx, top, left))
         if noise is not None:
             torch.randn(image_shape, generator=generator, out=noise[i])
+    if noise is not None:
+        noise.mul_(aug.gauss_noise)
     columns = list(zip(*rows)) if rows else [()] * 9
     as_tensor = [torch.float64] * 3 + [torch.bool] * 2 + [torch.int64] * 4
     return ImageParams(image_shape, *(torch.tensor(c, dtype=t) for c, t in zip(columns, as_tensor)), noise=noise)
 
 
-def apply_image_params(batch, params: ImageParams, aug: ImageAugment):
-    """Augment a batch [B, C, H, W] (or [B, C, D, H, W]) on its device with drawn params; same shape out."""
-    _check_shape(batch, params.image_shape, len(params.top))
-    size, (height, width) = batch.shape, batch.shape[-2:]
+def apply_image_params(batch, params: ImageParams, aug: ImageAugment, views=1):
+    """Augment a batch [B, C, H, W] (or [B, C, D, H, W]) on its device; [B * views, ...] out, item-major.
+
+    params hold `views` consecutive draws per item (B * views in all); each view is computed from the
+    item directly, without copying the batch.
+    """
+    count, shape = batch.shape[0], tuple(batch.shape[1:])
+    _check_shape((count * views, *shape), params.image_shape, len(params.top))
+    height, width = shape[-2:]
     params = params.to(batch.device)
-    planes = batch.reshape(size[0], -1, height, width)  # [B, P, H, W]
+    planes = batch.reshape(count, -1, height, width)  # [B, P, H, W]
+    depth = planes.shape[1]
     win_h, win_w = (aug.crop, aug.crop) if aug.crop else (height, width)
     if aug.rotate:
         grid = window_grid(params.cos, params.sin, params.top, params.left, params.flip_h, params.flip_v,
-                           (height, width), (win_h, win_w), batch.dtype)  # [B, h, w, 2]
+                           (height, width), (win_h, win_w), batch.dtype, views)  # [B, V * h, w, 2]
         out = F.grid_sample(planes, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     elif aug.flip or aug.crop:
-        rows = _window_index(params.top, params.flip_v, height, win_h)  # [B, h]
-        cols = _window_index(params.left, params.flip_h, width, win_w)  # [B, w]
-        out = _gather_planes(planes, rows[:, :, None] * width + cols[:, None, :])
+        rows = _window_index(params.top, params.flip_v, height, win_h)  # [B * V, h]
+        cols = _window_index(params.left, params.flip_h, width, win_w)  # [B * V, w]
+        out = _gather_planes(planes, (rows[:, :, None] * width + cols[:, None, :]).reshape(count, -1, win_w))
     else:
-        out = planes
+        out = planes[:, :, None].expand(count, depth, views, height, width)
+    # [B, P, V * h, w] -> [B * V, P, h, w] (a view when P is 1)
+    out = out.reshape(count, depth, views, win_h, win_w).transpose(1, 2).reshape(count * views, depth, win_h, win_w)
     if (win_h, win_w) != (height, width):
         out = resize_planes(out, height, width)
-    out = out.reshape(size)
+    out = out.reshape(count * views, *shape)
+    owned = bool(aug.rotate or aug.flip or aug.crop)  # out is a new tensor, not the caller's batch: work in place
     if aug.gauss_noise:
-        out = out + aug.gauss_noise * params.noise.to(batch.dtype)
+        noise = params.noise.to(batch.dtype)
+        out, owned = (out.add_(noise) if owned else out + noise), True
     if aug.demean:
-        out = out - batch_means(out).reshape(-1, *[1] * (out.dim() - 1))
+        means = batch_means(out).reshape(-1, *[1] * len(shape))
+        out = out.sub_(means) if owned else out - means
     return out
 
 
@@ -195,28 +209,33 @@ def augment_images(batch, seeds, aug: ImageAugment):
 
 def two_views(batch, seeds, aug: ImageAugment, views=2):
     """Views [B, V, C, H, W] of a batch [B, C, H, W]: view v of item i drawn from derive_seed(seeds[i], v)."""
-    count, shape = batch.shape[0], batch.shape[1:]
-    repeated = batch.unsqueeze(1).expand(count, views, *shape).reshape(count * views, *shape)  # [B * V, C, H, W]
-    return augment_images(repeated, view_seeds(seeds, views), aug).reshape(count, views, *shape)
+    params = draw_image_params(view_seeds(seeds, views), batch.shape[1:], aug)
+    return apply_image_params(batch, params, aug, views).reshape(batch.shape[0], views, *batch.shape[1:])
 
 
-def window_grid(cos, sin, top, left, flip_h, flip_v, image_size, window_size, dtype):
-    """The grid [B, h, w, 2] (grid_sample units) sampling each rotated, flipped image inside its h x w window.
+def window_grid(cos, sin, top, left, flip_h, flip_v, image_size, window_size, dtype, views=1):
+    """The grid [B, V * h, w, 2] (grid_sample units) sampling each rotated, flipped image inside its h x w windows.
 
-    cos, sin [B] float64 of the counter-clockwise angle; top, left [B] int64 (the window in the rotated,
-    flipped image); flip_h, flip_v [B] bool; image_size (H, W); window_size (h, w).
+    cos, sin [B * V] float64 of the counter-clockwise angle; top, left [B * V] int64 (the window in the
+    rotated, flipped image); flip_h, flip_v [B * V] bool; image_size (H, W); window_size (h, w). The V views
+    of an item (consecutive in the params) are stacked along the grid's height.
     """
     (height, width), (win_h, win_w) = image_size, window_size
-    device = top.device
+    device, count = top.device, len(top) // views
     # centred pixel coordinates of the window in the flipped, rotated image; flipping negates them
-    ys = (top[:, None] + torch.arange(win_h, device=device)).double() - (height - 1) / 2  # [B, h]
-    xs = (left[:, None] + torch.arange(win_w, device=device)).double() - (width - 1) / 2  # [B, w]
+    ys = (top[:, None] + torch.arange(win_h, device=device)).double() - (height - 1) / 2  # [B * V, h]
+    xs = (left[:, None] + torch.arange(win_w, device=device)).double() - (width - 1) / 2  # [B * V, w]
     ys = torch.where(flip_v[:, None], -ys, ys)
     xs = torch.where(flip_h[:, None], -xs, xs)
     # the output pixel (x, y) reads the input at (cos x - sin y, sin x + cos y), normalised by 2/W and 2/H
-    along_x = torch.stack([(cos * (2.0 / width))[:, None] * xs, (sin * (2.0 / height))[:, None] * xs], -1)  # [B, w, 2]
-    along_y = torch.stack([(-sin * (2.0 / width))[:, None] * ys, (cos * (2.0 / height))[:, None] * ys], -1)  # [B, h, 2]
-    return along_x.to(dtype)[:, None, :, :] + along_y.to(dtype)[:, :, None, :]  # [B, h, w, 2]
+    along_x = torch.stack([(cos * (2.0 / width))[:, None] * xs, (sin * (2.0 / height))[:, None] * xs], 1)
+    along_y = torch.stack([(-sin * (2.0 / width))[:, None] * ys, (cos * (2.0 / height))[:, None] * ys], 1)
+    along_x = along_x.to(dtype).reshape(count, views, 2, 1, win_w).transpose(1, 2)  # [B, 2, V, 1, w]
+    along_y = along_y.to(dtype).reshape(count, views, 2, win_h, 1).transpose(1, 2)  # [B, 2, V, h, 1]
+    grid = torch.empty(count, 2, views, win_h, win_w, dtype=dtype, device=device)
+    torch.add(along_x, along_y, out=grid)
+    # [B, V * h, w, 2], a view: adding with (x, y) last is several times slower
+    return grid.reshape(count, 2, views * win_h, win_w).permute(0, 2, 3, 1)
 
 
 def _window_index(start, flipped, size, window):
@@ -240,21 +259,35 @@ def resize_planes(planes, height, width):
     centres of the output (an identity grid), whose CPU kernel gives each item the same bits whatever the
     batch and the thread count (interpolate's does not with several threads).
     """
-    along_y = ((torch.arange(height, dtype=torch.float64) + 0.5) * (2.0 / height) - 1.0).to(planes.dtype)  # [height]
-    along_x = ((torch.arange(width, dtype=torch.float64) + 0.5) * (2.0 / width) - 1.0).to(planes.dtype)  # [width]
-    grid = torch.stack(torch.broadcast_tensors(along_x[None, :], along_y[:, None]), -1).to(planes.device)
-    grid = grid[None].expand(planes.shape[0], height, width, 2)  # [B, height, width, 2]
+    grid = _identity_grid(height, width, planes.dtype, planes.device)  # [1, height, width, 2]
+    grid = grid.expand(planes.shape[0], height, width, 2)
     return F.grid_sample(planes, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+@functools.lru_cache(maxsize=16)
+def _identity_grid(height, width, dtype, device):
+    """The grid [1, height, width, 2] of the pixel centres of a height x width image (grid_sample units)."""
+    along_y = ((torch.arange(height, dtype=torch.float64) + 0.5) * (2.0 / height) - 1.0).to(dtype)  # [height]
+    along_x = ((torch.arange(width, dtype=torch.float64) + 0.5) * (2.0 / width) - 1.0).to(dtype)  # [width]
+    grid = torch.stack(torch.broadcast_tensors(along_x[None, :], along_y[:, None])).to(device)  # [2, H, W]
+    return grid.permute(1, 2, 0)[None]
 
 
 def batch_means(batch):
     """Mean [B] of each item over all its elements, summed pairwise by elementwise adds (batch-invariant)."""
     values = batch.reshape(batch.shape[0], -1)  # [B, N]
-    count = values.shape[1]
-    while values.shape[1] > 1:
-        half = values.shape[1] // 2
+    count = length = values.shape[1]
+    if length > 1:  # the first level writes a new buffer [B, ceil(N / 2)], the later ones add inside it
+        half = length // 2
         summed = values[:, :half] + values[:, half:2 * half]
-        values = torch.cat([summed, values[:, 2 * half:]], 1) if values.shape[1] % 2 else summed
+        values = torch.cat([summed, values[:, 2 * half:]], 1) if length % 2 else summed
+        length = half + length % 2
+    while length > 1:
+        half = length // 2
+        values[:, :half] += values[:, half:2 * half]
+        if length % 2:
+            values[:, half] = values[:, length - 1]
+        length = half + length % 2
     return values[:, 0] / count
 
 
@@ -325,12 +358,18 @@ def draw_cube_params(seeds, cube_shape, aug: CubeAugment) -> CubeParams:
 
 def apply_cube_params(batch, params: CubeParams, aug: CubeAugment):
     """Crop, rotate by quarter turns and flip a batch of cubes [B, C, H, W] on its device (exact: a gather)."""
-    _check_shape(batch, params.cube_shape, len(params.top))
+    _check_shape(batch.shape, params.cube_shape, len(params.top))
     if not (aug.crop or aug.rot90 or aug.flip):
         return batch
     size, (height, width) = batch.shape, batch.shape[-2:]
-    params = params.to(batch.device)
     win_h, win_w = (aug.crop, aug.crop) if aug.crop else (height, width)
+    if size[0] == 1:  # one cube: the same permutation by slicing, faster than a gather
+        top, left, k, flip_h, flip_v = (int(v[0]) for v in (params.top, params.left, params.k, params.flip_h,
+                                                             params.flip_v))
+        out = torch.rot90(batch[..., top:top + win_h, left:left + win_w], k, dims=(-2, -1))
+        dims = [d for d, on in ((-1, flip_h), (-2, flip_v)) if on]
+        return out.flip(dims) if dims else out
+    params = params.to(batch.device)
     device = batch.device
     # output (i, j) reads the rotated window at (i, j) flipped; the window at (a, b) is the cube at (top+a, left+b)
     i = torch.arange(win_h, device=device)[None, :, None]  # [1, h, 1]
@@ -361,8 +400,8 @@ def _params_to(params, device):
                            for name, value in moved.items()})
 
 
-def _check_shape(batch, item_shape, count):
-    """Raise ValueError unless batch is [count, *item_shape] (params drawn for another batch)."""
-    if tuple(batch.shape) != (count, *item_shape):
+def _check_shape(shape, item_shape, count):
+    """Raise ValueError unless shape is (count, *item_shape) (params drawn for another batch)."""
+    if tuple(shape) != (count, *item_shape):
         raise ValueError(f"the params were drawn for {count} items of shape {item_shape} "
-                         f"but the batch has shape {tuple(batch.shape)}")
+                         f"but the batch has shape {tuple(shape)}")
