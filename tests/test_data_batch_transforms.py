@@ -18,6 +18,7 @@ from nenya.data.batch_transforms import (
     augment_cubes,
     augment_images,
     batch_means,
+    cat_params,
     derive_seed,
     draw_cube_params,
     draw_image_params,
@@ -292,6 +293,21 @@ def test_derive_seed_mixes_every_input_into_the_32_bits_the_cpu_generator_uses()
     assert view_seeds(torch.tensor([5, 6]), 1) == [derive_seed(5, 0), derive_seed(6, 0)]
     drawn = seeds_from(torch.Generator().manual_seed(0), 4)
     assert drawn == seeds_from(torch.Generator().manual_seed(0), 4) and len(set(drawn)) == 4
+
+
+def test_params_drawn_per_item_join_into_the_batch_params():
+    seeds = [4, 5, 6]
+    joined = cat_params([draw_image_params(view_seeds([s]), (2, 16, 16), FULL) for s in seeds])
+    whole = draw_image_params(view_seeds(seeds), (2, 16, 16), FULL)
+    for name in ("angle", "flip_h", "flip_v", "top", "left", "noise"):
+        assert torch.equal(getattr(joined, name), getattr(whole, name))
+    batch = batch_of(3, (2, 16, 16))
+    assert torch.equal(apply_image_params(batch, joined, FULL, views=2),
+                       apply_image_params(batch, whole, FULL, views=2))
+    cubes = cat_params([draw_cube_params([s], (3, 9, 9), CubeAugment(True, True, 5)) for s in seeds])
+    assert torch.equal(cubes.k, draw_cube_params(seeds, (3, 9, 9), CubeAugment(True, True, 5)).k)
+    with pytest.raises(ValueError, match="image_shape"):
+        cat_params([draw_image_params([1], (1, 12, 12), FULL), draw_image_params([1], (1, 13, 13), FULL)])
 
 
 def test_per_sample_call_without_seed_uses_the_global_rng():

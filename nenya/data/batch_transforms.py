@@ -393,6 +393,22 @@ def augment_cubes(batch, seeds, aug: CubeAugment):
 # Shared helpers
 
 
+def cat_params(parts):
+    """One ImageParams or CubeParams for the items of several (e.g. drawn per item in DataLoader workers), in order."""
+    first = parts[0]
+    values = {}
+    for field in fields(first):
+        items = [getattr(part, field.name) for part in parts]
+        if isinstance(items[0], torch.Tensor):
+            values[field.name] = torch.cat(items)
+        elif any(item != items[0] for item in items):
+            raise ValueError(f"cannot join params with different {field.name}: {items[0]} and "
+                             f"{next(item for item in items if item != items[0])}")
+        else:
+            values[field.name] = items[0]
+    return type(first)(**values)
+
+
 def _params_to(params, device):
     """A copy of a params dataclass with every tensor on `device`."""
     moved = {f.name: getattr(params, f.name) for f in fields(params)}
