@@ -4,8 +4,13 @@ Two steps: `draw_image_params` / `draw_cube_params` draw every random choice of 
 from a torch generator seeded with that item's seed (so an item's augmentation does not depend on the
 batch it is in, its position, the device or the process layout), and `apply_image_params` /
 `apply_cube_params` apply them to a batch [B, C, H, W] (or [B, C, D, H, W], treated as a stack of planes)
-wherever it lives. The per-sample path is the same functions on a batch of one (`ImageAugment(image,
-seed)`), and every kernel used is batch-invariant, so both paths give bit-identical outputs.
+wherever it lives. `two_views` does both for the V views of each item of a batch (view v of item i from
+`derive_seed(seed_i, v)`); `cat_params` joins params drawn item by item (in DataLoader workers, say).
+
+The per-sample path is the same functions on a batch of one (`ImageAugment(image, seed)`,
+`CubeAugment(cube, seed)`, `nenya.data.views.SeededTwoViews`), and every kernel used gives each item the
+same bits whatever the batch around it and the CPU thread count, so on one device both paths give
+identical outputs. On a GPU the draws are the same and the outputs agree with the CPU's to float rounding.
 
 Images follow Nenya's order: rotate (bilinear, zeros outside), flip, jitter-crop (resized back to
 H x W, bilinear), noise, demean. Rotation, flip and the crop window are one `grid_sample` that samples
@@ -112,7 +117,7 @@ class ImageAugment:
 
 @dataclass
 class ImageParams:
-    """Every random choice for a batch of images: per item [B] tensors, and the noise [B, *image_shape]."""
+    """Every random choice for a batch of images: per item [B] tensors, and the noise shaped like the batch."""
 
     image_shape: tuple
     angle: torch.Tensor  # [B] float64, degrees counter-clockwise
