@@ -19,9 +19,13 @@ setup(
         "matplotlib",
         "tqdm",
         "tensorboard",
+        "scipy",
+        "scikit-image",  # the built-in textures and segmentation data
+        "monai",  # segmentation losses, metrics and sliding-window inference (torch and numpy only)
     ],
     extras_require={
-        "dev": ["pytest", "pytest-cov", "sphinx", "scikit-image"],
+        "mlflow": ["mlflow"],
+        "dev": ["pytest", "pytest-cov", "sphinx", "mlflow"],
         "docs": ["sphinx"],
     },
 )

@@ -22,6 +22,7 @@ from nenya import distributed
 from nenya.errors import NenyaError, Terminated, WriteFailed
 from nenya.io import curves
 from nenya.io.checkpoints import checkpoint_state, restore_training_state, save_checkpoint
+from nenya.io.tracking import Tracking
 from nenya.io.run_folder import repair_checkpoints, write_metrics, write_options
 from nenya.methods import get_method
 from nenya.models import unwrap
@@ -112,6 +113,11 @@ def select_device(opt=None, cuda_use: bool | None = None) -> torch.device:
         else torch.device("cuda")
 
 
+def synchronised_batchnorm(model: nn.Module) -> nn.Module:
+    """``model`` with every BatchNorm layer made a SyncBatchNorm (statistics over every process's batch)."""
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
 def place_model(model: nn.Module, device: torch.device, opt=None) -> nn.Module:
     """Move the model to the device: DistributedDataParallel under torchrun (BatchNorm made synchronised
     with ``syncBN``), DataParallel over several local GPUs without it."""
@@ -119,8 +125,10 @@ def place_model(model: nn.Module, device: torch.device, opt=None) -> nn.Module:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not torch.are_deterministic_algorithms_enabled()
     if distributed.initialized():
-        if opt is not None and opt.syncBN:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if opt is not None and opt.syncBN and device.type != "cuda":
+            raise NenyaError("option 'syncBN' needs GPUs (torch's SyncBatchNorm runs only on CUDA); set syncBN "
+                             "to false when training on CPUs")
+        model = synchronised_batchnorm(model) if opt is not None and opt.syncBN else model
         return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if device.type == "cuda" and torch.cuda.device_count() > 1:
         model = nn.DataParallel(model)
@@ -644,8 +652,6 @@ def fit(run: Run, resume: bool = False, resume_hint: str = "") -> dict:
 
 def _fit(run: Run, resume: bool) -> dict:
     """The epoch driver behind :func:`fit`."""
-    from torch.utils.tensorboard import SummaryWriter
-
     opt, method, model, optimizer, log, folder = run.opt, run.method, run.model, run.optimizer, run.log, run.folder
     main = distributed.is_main()  # only the first process writes files
     monitor = monitor_of(opt, method)
@@ -665,7 +671,7 @@ def _fit(run: Run, resume: bool) -> dict:
             log(note)
     if main:
         write_options(folder, opt.to_dict())
-    writer = SummaryWriter(os.path.join(folder, "tb"), purge_step=step if resume else None) if main else _NoWriter()
+    writer = Tracking(opt, folder, resume, step) if main else _NoWriter()
     processes = f", {opt.world_size} processes, global batch {opt.global_batch_size}" if opt.world_size > 1 else ""
     log(f"training {opt.method} / {opt.model} on {run.device}{processes} "
         f"({sum(p.numel() for p in model.parameters()):,} parameters) into {folder}")
@@ -738,6 +744,8 @@ def _fit(run: Run, resume: bool) -> dict:
     if main and os.path.isfile(train_h5):
         from nenya.plots.curves import training_plots
         training_plots(folder, opt.dpi)
+        writer.artifacts()
+        writer.close(finished=True)
     metrics = write_metrics(folder, opt.method, monitor, best, init_metrics, last_valid, last_train_loss,
                             opt.epochs, method.describe(), write=main)
     distributed.barrier()
