@@ -1,4 +1,4 @@
-"""The README's demo command, end to end, exactly as a user runs it (slow: about a minute on 2 cores)."""
+"""The README's demo command, end to end, exactly as a user runs it (slow: 2-3 minutes on 2 cores)."""
 
 import json
 import subprocess
@@ -9,12 +9,12 @@ import h5py
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-RUN_FILES = ["opts.json", "last.pth", "best.pth", "ckpt_epoch_10.pth", "losses_train.h5", "losses_valid.h5",
+RUN_FILES = ["opts.json", "last.pth", "best.pth", "ckpt_epoch_5.pth", "losses_train.h5", "losses_valid.h5",
              "training.log", "training_plots.png", "metrics.json", "figures/augmentations.png"]
 
 
 @pytest.mark.slow
-def test_demo_simclr_trains_on_builtin_digits(tmp_path):
+def test_demo_simclr_learns_on_builtin_textures(tmp_path):
     done = subprocess.run([sys.executable, "-m", "nenya.train", str(ROOT / "opts/demo_simclr.json"),
                            f"model_root={tmp_path / 'models'}", f"data_folder={tmp_path / 'data'}"],
                           capture_output=True, text=True, cwd=tmp_path)
@@ -30,4 +30,9 @@ def test_demo_simclr_trains_on_builtin_digits(tmp_path):
     assert len(losses) == opts["epochs"] and losses[-1] < 0.8 * losses[0]
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["epochs_completed"] == opts["epochs"]
-    assert 0.5 < metrics["final"]["knn_acc"] <= 1.0 and 0.0 < metrics["init"]["knn_acc"] <= 1.0
+    init, final = metrics["init"], metrics["final"]
+    # what SimCLR adds to the same network at initialisation (issue 7: at least 5 points; retrieval far above)
+    assert final["linear_probe_acc"] >= init["linear_probe_acc"] + 0.05
+    assert final["knn_acc"] >= init["knn_acc"] + 0.05
+    assert final["retrieval_top1"] >= 4 * init["retrieval_top1"] and final["retrieval_top1"] >= 0.08
+    assert final["probe_acc"] > 0.5  # the online linear probe, trained beside the encoder

@@ -12,8 +12,11 @@ def embedding_scatter(features, labels, path: str, title: str, dpi: int = 100) -
     _, _, components = torch.linalg.svd(centred, full_matrices=False)
     projected = (centred @ components[:2].T).numpy()
     fig, axis = plt.subplots(figsize=(5, 4.5))
-    points = axis.scatter(projected[:, 0], projected[:, 1], c=labels.numpy(), cmap="tab10", s=8)
-    fig.colorbar(points, ax=axis, label="label")
+    classes = int(labels.max()) + 1 if len(labels) else 1
+    colours = plt.get_cmap("tab10" if classes <= 10 else "tab20", max(classes, 2))
+    points = axis.scatter(projected[:, 0], projected[:, 1], c=labels.numpy(), cmap=colours, s=8,
+                          vmin=-0.5, vmax=max(classes, 2) - 0.5)
+    fig.colorbar(points, ax=axis, label="label", ticks=range(classes))
     axis.set(title=title, xlabel="PC 1", ylabel="PC 2")
     fig.tight_layout()
     write_png(fig, path, dpi)
