@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+from nenya.data.hdf5 import collate
 from nenya.errors import NenyaError, Terminated, WriteFailed
 from nenya.io import curves
 from nenya.io.checkpoints import checkpoint_state, restore_training_state, save_checkpoint
@@ -192,7 +193,7 @@ def make_loader(dataset, batch_size: int, shuffle: bool, num_workers: int, drop_
     if drop_last and len(dataset) < batch_size:
         drop_last = False
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
-                      drop_last=drop_last, pin_memory=torch.cuda.is_available(),
+                      drop_last=drop_last, pin_memory=torch.cuda.is_available(), collate_fn=collate,
                       persistent_workers=False, generator=torch.Generator().manual_seed(seed))
 
 

@@ -1,12 +1,21 @@
-"""A lazily read image dataset stored in Nenya's HDF5 layout."""
+"""A lazily read image dataset stored in Nenya's HDF5 layout, read a batch at a time.
 
+Items are ``(image, label, index)``: the index is the item's position in the data set (an int64 0-dim
+tensor), so that a training loop can seed per-sample randomness by it and drop the repeats a distributed
+sampler pads with. A DataLoader asks :meth:`HDF5Images.__getitems__` for a whole batch; it reads the batch
+with few calls (see :mod:`nenya.data.hdf5_rows`) and returns the items together with the batch already
+stacked, which :func:`collate` hands on without a second copy.
+"""
+
+import math
 import os
 
 import h5py
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate, get_worker_info
 
+from nenya.data.hdf5_rows import RowReader, gather, locate_rows
 from nenya.errors import NenyaError
 
 # Rank of the stored dataset -> whether the images lack a channel axis.
@@ -23,16 +32,53 @@ def checked_index(index, count: int, what: str) -> int:
     return index
 
 
-class HDF5Images(Dataset):
-    """Images `key` (N, C, H, W), (N, H, W) or (N, C, D, H, W) with optional labels `key_labels` (N,)."""
+def checked_indices(indices, count: int, what: str) -> np.ndarray:
+    """Non-negative int64 positions [B] of ``indices`` below ``count`` (negative ones count from the end)."""
+    positions = np.asarray(indices, dtype=np.int64).reshape(-1)
+    positions = np.where(positions < 0, positions + count, positions)
+    bad = (positions < 0) | (positions >= count)
+    if bad.any():
+        raise IndexError(f"index {np.asarray(indices).reshape(-1)[bad.argmax()]} out of range for {count} {what}")
+    return positions
 
-    def __init__(self, path, key, transform=None, preload=False, key_option=None):
+
+class ItemBatch(list):
+    """Items ``(image, label, index)`` of one batch that also carry the batch stacked (``stacked``), or None."""
+
+    stacked = None
+
+
+def collate(items):
+    """A DataLoader ``collate_fn``: an :class:`ItemBatch`'s stacked tensors as they are, else ``default_collate``."""
+    stacked = getattr(items, "stacked", None)
+    if stacked is not None and len(stacked[0]) == len(items):
+        return list(stacked)
+    return default_collate(items)
+
+
+def batch_tensor(shape, dtype=torch.float32, shared=True) -> torch.Tensor:
+    """An uninitialised tensor; in a DataLoader worker (and ``shared``) in shared memory, so passing it on copies nothing."""
+    if not shared or get_worker_info() is None:
+        return torch.empty(shape, dtype=dtype)
+    storage = torch.UntypedStorage._new_shared(math.prod(shape) * dtype.itemsize)  # what default_collate does
+    return torch.empty(0, dtype=dtype).set_(storage, 0, tuple(shape))
+
+
+class HDF5Images(Dataset):
+    """Images `key` (N, C, H, W), (N, H, W) or (N, C, D, H, W) with optional labels `key_labels` (N,).
+
+    ``memmap`` (default True) reads uncompressed data through a memory map of the file where the items lie
+    whole in it (:attr:`read_mode` says how this data set is read); False reads through h5py only.
+    """
+
+    def __init__(self, path, key, transform=None, preload=False, key_option=None, memmap=True):
         self.path = os.fspath(path)
         self.key = key
         self.transform = transform
-        self._file = None
+        self._reader = None
         self._pid = None
         self._images = None
+        self._route = ("h5py", "memmap=False")
         where = f" ({key_option})" if key_option else ""
         if not os.path.isfile(self.path):
             raise NenyaError(f"images file {self.path} does not exist")
@@ -57,6 +103,8 @@ class HDF5Images(Dataset):
             self._labels = self._read_labels(f)
             if preload:
                 self._images = node[()]
+            elif memmap:
+                self._route = locate_rows(node, self.path)
 
     def _read_labels(self, f):
         """Return the labels as int64 numpy array, or None when the file has none."""
@@ -88,40 +136,78 @@ class HDF5Images(Dataset):
         shape = self.stored_shape[1:]
         return (1, *shape) if self._add_channel else shape
 
+    @property
+    def read_mode(self) -> str:
+        """How items are read: "preload" (in memory), "memmap", "chunk-map" (memory map, per chunk) or "h5py"."""
+        return "preload" if self._images is not None else self._route[0]
+
     def __len__(self):
         return self.stored_shape[0]
 
     def __getitem__(self, index):
         index = checked_index(index, len(self), "images")
-        if self._images is not None:
-            image = torch.tensor(self._images[index], dtype=torch.float32)
-        else:
-            image = torch.tensor(read_item(lambda: self._handle()[self.key][index], self.path, self.key, index),
-                                 dtype=torch.float32)
-        if self._add_channel:
-            image = image.unsqueeze(0)
+        image = self._read(np.array([index]), shared=False)[0]  # [C, H, W] or [C, D, H, W]
         if self.transform is not None:
             image = self.transform(image)
         label = int(self._labels[index]) if self._labels is not None else -1
-        return image, torch.tensor(label, dtype=torch.int64)
+        return image, torch.tensor(label, dtype=torch.int64), torch.tensor(index, dtype=torch.int64)
 
-    def _handle(self):
-        """The h5py File for this process, opened on first use (DataLoader workers each get their own)."""
-        if self._file is None or self._pid != os.getpid():
-            self._file = h5py.File(self.path, "r")
+    def __getitems__(self, indices):
+        """The items at ``indices`` (any order, repeats allowed) read as one batch: an :class:`ItemBatch`.
+
+        Without a transform it carries the batch stacked (images [B, C, ...], labels [B], indices [B]);
+        with one, each image is transformed on its own, as :meth:`__getitem__` does.
+        """
+        positions = checked_indices(indices, len(self), "images")
+        images = self._read(positions, shared=self.transform is None)  # [B, C, H, W] or [B, C, D, H, W]
+        labels = (torch.from_numpy(self._labels[positions]) if self._labels is not None
+                  else torch.full((len(positions),), -1, dtype=torch.int64))
+        index = torch.from_numpy(positions)
+        if self.transform is not None:
+            return ItemBatch((self.transform(image), label, i)
+                             for image, label, i in zip(images.unbind(0), labels.unbind(0), index.unbind(0)))
+        batch = ItemBatch(zip(images.unbind(0), labels.unbind(0), index.unbind(0)))
+        batch.stacked = (images, labels, index)
+        return batch
+
+    def _read(self, positions: np.ndarray, shared: bool) -> torch.Tensor:
+        """The stored images at ``positions`` as one float32 tensor [B, *image_shape]."""
+        images = batch_tensor((len(positions), *self.stored_shape[1:]), shared=shared)
+        out = images.numpy()
+        if self._images is not None:
+            gather(self._images, positions, out)
+        else:
+            reader = self._handle()
+            try:
+                reader.read(positions, out)
+            except (OSError, RuntimeError) as err:  # name the first item that cannot be read
+                for position in positions.tolist():
+                    read_item(lambda: reader.read(np.array([position]), out[:1]), self.path, self.key, position)
+                raise damaged(err, self.path, self.key, f"items {positions.tolist()}") from None
+        return images.unsqueeze(1) if self._add_channel else images
+
+    def _handle(self) -> RowReader:
+        """This process's reader (its h5py File, and memory map), opened on first use; each worker gets its own."""
+        if self._reader is None or self._pid != os.getpid():
+            self._reader = RowReader(self.path, self.key, self._route)
             self._pid = os.getpid()
-        return self._file
+        return self._reader
+
+    @property
+    def _file(self):
+        """This process's h5py File, or None before the first read."""
+        return self._reader.file if self._reader is not None else None
 
     def close(self):
         """Close this process's file handle, if open."""
-        if self._file is not None and self._pid == os.getpid():
-            self._file.close()
-        self._file = None
+        if self._reader is not None and self._pid == os.getpid():
+            self._reader.file.close()
+        self._reader = None
         self._pid = None
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["_file"] = None
+        state["_reader"] = None
         state["_pid"] = None
         return state
 
@@ -131,8 +217,13 @@ def read_item(read, path, key, index):
     try:
         return read()
     except (OSError, RuntimeError) as err:  # h5py: unreadable chunk, truncated file, failed filter
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise NenyaError(f"{path}:{key} item {index} cannot be read ({reason}); the file is damaged") from None
+        raise damaged(err, path, key, f"item {index}") from None
+
+
+def damaged(err: Exception, path, key, what: str) -> NenyaError:
+    """The NenyaError of an h5py read error: ``what`` (e.g. ``item 3``) of ``path:key`` cannot be read."""
+    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return NenyaError(f"{path}:{key} {what} cannot be read ({reason}); the file is damaged")
 
 
 def check_images(dataset, model: str):

@@ -77,7 +77,7 @@ class SimCLR(Method):
 
     def _pairs(self, model, batch):
         """(SupConLoss of the two views' projections, their encoder features [2B, D]); labels only for SupCon."""
-        views, labels = batch  # views [B, 2, C, H, W], labels [B] (-1: none)
+        views, labels = batch[0], batch[1]  # views [B, 2, C, H, W], labels [B] (-1: none)
         projections, features = model(views.flatten(0, 1), return_features=True)  # [2B, feat_dim], [2B, D]
         loss = self.criterion(projections.view(*views.shape[:2], -1), labels if self.uses_labels else None)
         return loss, features
@@ -101,12 +101,12 @@ class SimCLR(Method):
 
     def feature_step(self, model, batch, indices):
         """Encoder features [B, D] and labels [B] of un-augmented images."""
-        images, labels = batch
+        images, labels = batch[0], batch[1]
         return {"features": unwrap(model).encode(images).float(), "labels": labels}
 
     def embed_step(self, model, batch, indices, encoder=False):
         """Encoder features (``encoder``) or the head's normalised projections of un-augmented images."""
-        images, _ = batch
+        images = batch[0]
         return {"latents": (unwrap(model).encode(images) if encoder else model(images)).float()}
 
     def _knn_sets(self):
