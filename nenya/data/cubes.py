@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from nenya.data.hdf5 import ItemBatch, _dataset_names, batch_tensor, checked_index, checked_indices, read_item
+from nenya.data.hdf5 import ItemBatch, _dataset_names, batch_tensors, checked_index, checked_indices, read_item
 from nenya.errors import NenyaError
 
 
@@ -63,15 +63,13 @@ class CubeCSV(Dataset):
         positions = checked_indices(indices, len(self), "cubes")
         shapes = {self.shapes[p] for p in positions.tolist()}
         if self.normalize is not None or self.transform is not None or len(shapes) != 1:
-            return ItemBatch(self[p] for p in positions.tolist())
-        cubes = batch_tensor((len(positions), *shapes.pop()))  # [B, C, H, W]
+            return [self[p] for p in positions.tolist()]
+        cubes, labels, index = batch_tensors(len(positions), shapes.pop())  # cubes [B, C, H, W]
         for row, position in enumerate(positions.tolist()):
             self._read(position, cubes[row].numpy())
-        labels = torch.full((len(positions),), -1, dtype=torch.int64)
-        index = torch.from_numpy(positions)
-        batch = ItemBatch(zip(cubes.unbind(0), labels.unbind(0), index.unbind(0)))
-        batch.stacked = (cubes, labels, index)
-        return batch
+        labels.fill_(-1)
+        index.numpy()[:] = positions
+        return ItemBatch(cubes, labels, index)
 
     def _read(self, index: int, out: np.ndarray) -> np.ndarray:
         """Read cube ``index`` into the float32 array ``out`` [C, H, W]; return ``out``."""

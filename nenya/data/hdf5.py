@@ -3,12 +3,13 @@
 Items are ``(image, label, index)``: the index is the item's position in the data set (an int64 0-dim
 tensor), so that a training loop can seed per-sample randomness by it and drop the repeats a distributed
 sampler pads with. A DataLoader asks :meth:`HDF5Images.__getitems__` for a whole batch; it reads the batch
-with few calls (see :mod:`nenya.data.hdf5_rows`) and returns the items together with the batch already
-stacked, which :func:`collate` hands on without a second copy.
+with few calls (see :mod:`nenya.data.hdf5_rows`) straight into one stacked tensor and returns it as an
+:class:`ItemBatch`, which :func:`collate` (``make_loader``'s ``collate_fn``) hands on without a copy.
 """
 
 import math
 import os
+from collections.abc import Sequence
 
 import h5py
 import numpy as np
@@ -42,26 +43,44 @@ def checked_indices(indices, count: int, what: str) -> np.ndarray:
     return positions
 
 
-class ItemBatch(list):
-    """Items ``(image, label, index)`` of one batch that also carry the batch stacked (``stacked``), or None."""
+class ItemBatch(Sequence):
+    """The items ``(image, label, index)`` of one batch, kept stacked (``stacked``: images [B, ...], labels [B],
+    indices [B]); an item is made (as views) only when asked for, which costs more than reading it."""
 
-    stacked = None
+    def __init__(self, *stacked: torch.Tensor):
+        self.stacked = stacked
+
+    def __len__(self):
+        return len(self.stacked[0])
+
+    def __getitem__(self, position):
+        if isinstance(position, slice):
+            return [self[i] for i in range(*position.indices(len(self)))]
+        return tuple(tensor[position] for tensor in self.stacked)
+
+    def __iter__(self):
+        return zip(*(tensor.unbind(0) for tensor in self.stacked))
 
 
 def collate(items):
     """A DataLoader ``collate_fn``: an :class:`ItemBatch`'s stacked tensors as they are, else ``default_collate``."""
-    stacked = getattr(items, "stacked", None)
-    if stacked is not None and len(stacked[0]) == len(items):
-        return list(stacked)
+    if isinstance(items, ItemBatch):
+        return list(items.stacked)
     return default_collate(items)
 
 
-def batch_tensor(shape, dtype=torch.float32, shared=True) -> torch.Tensor:
-    """An uninitialised tensor; in a DataLoader worker (and ``shared``) in shared memory, so passing it on copies nothing."""
-    if not shared or get_worker_info() is None:
-        return torch.empty(shape, dtype=dtype)
-    storage = torch.UntypedStorage._new_shared(math.prod(shape) * dtype.itemsize)  # what default_collate does
-    return torch.empty(0, dtype=dtype).set_(storage, 0, tuple(shape))
+def batch_tensors(count: int, image_shape, shared: bool = True) -> tuple:
+    """Uninitialised (images float32 [B, *image_shape], labels int64 [B], indices int64 [B]) in one block of
+    memory; in a DataLoader worker (and ``shared``) shared memory, so sending the batch on sends one block."""
+    image_bytes = -(-count * math.prod(image_shape) * 4 // 8) * 8  # rounded up to whole int64s
+    nbytes = image_bytes + 2 * 8 * count
+    if shared and get_worker_info() is not None:
+        storage = torch.UntypedStorage._new_shared(nbytes)  # what default_collate does for its output
+    else:
+        storage = torch.UntypedStorage(nbytes)
+    images = torch.empty(0, dtype=torch.float32).set_(storage, 0, (count, *image_shape))
+    numbers = torch.empty(0, dtype=torch.int64).set_(storage, image_bytes // 8, (2, count))
+    return images, numbers[0], numbers[1]
 
 
 class HDF5Images(Dataset):
@@ -146,33 +165,32 @@ class HDF5Images(Dataset):
 
     def __getitem__(self, index):
         index = checked_index(index, len(self), "images")
-        image = self._read(np.array([index]), shared=False)[0]  # [C, H, W] or [C, D, H, W]
+        images, labels, indices = self._read(np.array([index]), shared=False)
+        image = images[0]  # [C, H, W] or [C, D, H, W]
         if self.transform is not None:
             image = self.transform(image)
-        label = int(self._labels[index]) if self._labels is not None else -1
-        return image, torch.tensor(label, dtype=torch.int64), torch.tensor(index, dtype=torch.int64)
+        return image, labels[0].clone(), indices[0].clone()
 
     def __getitems__(self, indices):
-        """The items at ``indices`` (any order, repeats allowed) read as one batch: an :class:`ItemBatch`.
+        """The items at ``indices`` (any order, repeats allowed), read as one batch.
 
-        Without a transform it carries the batch stacked (images [B, C, ...], labels [B], indices [B]);
-        with one, each image is transformed on its own, as :meth:`__getitem__` does.
+        Without a transform an :class:`ItemBatch` (the batch stacked: images [B, C, ...], labels [B], indices
+        [B]); with one, a list of items, each image transformed on its own as :meth:`__getitem__` does.
         """
         positions = checked_indices(indices, len(self), "images")
-        images = self._read(positions, shared=self.transform is None)  # [B, C, H, W] or [B, C, D, H, W]
-        labels = (torch.from_numpy(self._labels[positions]) if self._labels is not None
-                  else torch.full((len(positions),), -1, dtype=torch.int64))
-        index = torch.from_numpy(positions)
+        images, labels, index = self._read(positions, shared=self.transform is None)  # images [B, C, H, W] ...
         if self.transform is not None:
-            return ItemBatch((self.transform(image), label, i)
-                             for image, label, i in zip(images.unbind(0), labels.unbind(0), index.unbind(0)))
-        batch = ItemBatch(zip(images.unbind(0), labels.unbind(0), index.unbind(0)))
-        batch.stacked = (images, labels, index)
-        return batch
+            return [(self.transform(image), label, i) for image, label, i in ItemBatch(images, labels, index)]
+        return ItemBatch(images, labels, index)
 
-    def _read(self, positions: np.ndarray, shared: bool) -> torch.Tensor:
-        """The stored images at ``positions`` as one float32 tensor [B, *image_shape]."""
-        images = batch_tensor((len(positions), *self.stored_shape[1:]), shared=shared)
+    def _read(self, positions: np.ndarray, shared: bool) -> tuple:
+        """(images float32 [B, *image_shape], labels [B], indices [B]) of the items at ``positions``."""
+        images, labels, index = batch_tensors(len(positions), self.stored_shape[1:], shared=shared)
+        index.numpy()[:] = positions
+        if self._labels is not None:
+            np.take(self._labels, positions, out=labels.numpy())
+        else:
+            labels.fill_(-1)
         out = images.numpy()
         if self._images is not None:
             gather(self._images, positions, out)
@@ -184,7 +202,7 @@ class HDF5Images(Dataset):
                 for position in positions.tolist():
                     read_item(lambda: reader.read(np.array([position]), out[:1]), self.path, self.key, position)
                 raise damaged(err, self.path, self.key, f"items {positions.tolist()}") from None
-        return images.unsqueeze(1) if self._add_channel else images
+        return (images.unsqueeze(1) if self._add_channel else images), labels, index
 
     def _handle(self) -> RowReader:
         """This process's reader (its h5py File, and memory map), opened on first use; each worker gets its own."""

@@ -108,7 +108,8 @@ class RowReader:
             out[...] = rows
 
     def _read_h5py(self, positions, out):
-        """Sorted unique items through h5py (one call, or one per chunk or item when chunked), then reordered."""
+        """Sorted unique items through h5py, then reordered: one call when contiguous; when chunked, one per run of
+        items in one chunk or next to each other (per item where few lie far apart in an uncompressed chunk)."""
         node = self.node
         unique, inverse = np.unique(positions, return_inverse=True)
         if node.chunks is None:  # contiguous: one sorted fancy read
@@ -117,12 +118,12 @@ class RowReader:
             rows = np.empty((len(unique), *self.item_shape), node.dtype)
             compressed = node.id.get_create_plist().get_nfilters() > 0
             chunk_of = unique // node.chunks[0]
-            bounds = np.flatnonzero(np.diff(chunk_of)) + 1
+            bounds = np.flatnonzero((np.diff(chunk_of) > 0) & (np.diff(unique) > 1)) + 1  # same chunk or neighbours
             for members in np.split(np.arange(len(unique)), bounds):
                 first, last = int(unique[members[0]]), int(unique[members[-1]])
-                if compressed or last - first + 1 <= 2 * len(members):  # one call per chunk: a span of it
+                if compressed or last - first + 1 <= 2 * len(members):  # one call: the span (whole chunks decompress)
                     rows[members] = node[first:last + 1][unique[members] - first]
-                else:  # few items far apart in one uncompressed chunk: one call each, as reading items one by one
+                else:  # few items far apart in one uncompressed chunk: one call each, like per-item reads
                     for member in members:
                         rows[member] = node[int(unique[member])]
         gather(rows, inverse, out)
