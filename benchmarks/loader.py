@@ -1,8 +1,8 @@
 """Input speed: a shuffling nenya loader against a raw sequential h5py read of the same page-cached file.
 
 Run: python benchmarks/loader.py [--images 20000] [--size 64] [--cubes 40] [--cube-size 500] [--bands 30]
-                                 [--batch 64] [--cube-batch 8] [--workers 0 2] [--repeats 5] [--seconds 4]
-                                 [--folder DIR] [--skip-cubes] [--skip-csv] [--quick]
+                                 [--batch 64] [--cube-batch 8] [--workers 0 2] [--repeats 5] [--seconds 2]
+                                 [--folder DIR] [--skip-cutouts] [--skip-cubes] [--skip-csv] [--quick]
 
 Writes the data (once, into --folder, default a temporary folder removed at the end), reads every file
 once so that it is in the page cache, then measures side by side in one run, repeating each measurement
@@ -16,16 +16,20 @@ once so that it is in the page cache, then measures side by side in one run, rep
 for (a) --images cutouts 1 x size x size float32 in one HDF5 file: contiguous, chunked by 64 images, and
 chunked by 64 and gzip-compressed; (b) --cubes cubes bands x cube-size x cube-size float32 in one HDF5
 dataset (contiguous and one cube per chunk) and as a CSV of one file per cube. Loaders use the demos'
-batch sizes (64 cutouts, 8 cubes), shuffle and drop the last partial batch, like training. A loader's rate
-per epoch is images delivered over the wall time from creating its iterator (worker start-up included, as
-in every epoch of make_loader, whose workers are not persistent) to its last batch, for one epoch or
---seconds, whichever ends first; its steady rate counts from its first batch. Ratios are to the raw read
-of the same dataset; the target is at least 0.5. --quick: 4,000 cutouts, 12 cubes of 30 x 200 x 200.
+batch sizes (64 cutouts, 8 cubes), shuffle and drop the last partial batch, like training. Every
+measurement runs epochs (whole passes for the raw read) until --seconds have passed. A loader's
+rate per epoch counts the wall time from creating each epoch's iterator (worker start-up included, as in
+every epoch of make_loader, whose workers are not persistent) to its last batch; its steady rate counts
+from each epoch's first batch; its rate per CPU-second counts the CPU time of this process and its
+workers (steadier than the wall clock on a busy machine). Ratios are to the raw read of the same dataset
+(wall to wall, CPU to CPU); the target is at least 0.5.
+--quick: 4,000 cutouts, 12 cubes of 30 x 200 x 200, 3 repeats.
 """
 
 import argparse
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -136,38 +140,58 @@ def page_cache(folder) -> None:
                     pass
 
 
-def raw_rate(path, key) -> float:
-    """Images/s of a sequential h5py read of the whole dataset in blocks of about 64 MiB."""
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process and of its finished children (the DataLoader workers)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
+def raw_rate(path, key, seconds) -> tuple:
+    """(images/s, images/s, images per CPU-second) of sequential h5py reads of the whole dataset in blocks of
+    about 64 MiB, repeated for ``seconds``."""
     with h5py.File(path, "r") as f:
         node = f[key]
         block = max(1, BLOCK_BYTES // (node.dtype.itemsize * int(np.prod(node.shape[1:]))))
-        start = time.perf_counter()
-        for first in range(0, node.shape[0], block):
-            node[first:first + block]
-        return node.shape[0] / (time.perf_counter() - start)
+        count, start, cpu = 0, time.perf_counter(), cpu_seconds()
+        while count == 0 or time.perf_counter() - start < seconds:
+            for first in range(0, node.shape[0], block):
+                count += len(node[first:first + block])
+        rate = count / (time.perf_counter() - start)
+        return rate, rate, count / (cpu_seconds() - cpu)
 
 
-def raw_csv_rate(files) -> float:
-    """Cubes/s of reading every listed file in order with h5py."""
-    start = time.perf_counter()
-    for path in files:
-        with h5py.File(path, "r") as f:
-            f["cube"][()]
-    return len(files) / (time.perf_counter() - start)
+def raw_csv_rate(files, seconds) -> tuple:
+    """(cubes/s, cubes/s, cubes per CPU-second) of reading every listed file in order, repeated for ``seconds``."""
+    count, start, cpu = 0, time.perf_counter(), cpu_seconds()
+    while count == 0 or time.perf_counter() - start < seconds:
+        for path in files:
+            with h5py.File(path, "r") as f:
+                f["cube"][()]
+            count += 1
+    rate = count / (time.perf_counter() - start)
+    return rate, rate, count / (cpu_seconds() - cpu)
 
 
-def loader_rate(loader, seconds) -> tuple:
-    """Images/s a loader delivers over one epoch (or ``seconds``): from creating its iterator to its last batch,
-    and from its first batch to its last (steady: without the workers' start-up)."""
-    count, start, first = 0, time.perf_counter(), None
-    for batch in loader:
-        count += len(batch[0])
-        if first is None:
-            first, first_count = time.perf_counter(), count
-        if time.perf_counter() - start > seconds:
-            break
-    end = time.perf_counter()
-    return count / (end - start), (count - first_count) / (end - first) if count > first_count else float("nan")
+def loader_rate(make, seconds) -> tuple:
+    """Images/s of epochs of the loader ``make()`` (a new iterator each, as training makes them) for ``seconds``
+    (stopping mid-epoch once they have passed): from each iterator's creation to its last batch; steady, from
+    each epoch's first batch to its last; and per CPU-second of this process and its workers."""
+    count = steady_count = 0
+    begin, cpu = time.perf_counter(), cpu_seconds()
+    steady_time = 0.0
+    while time.perf_counter() - begin < seconds:
+        loader, first = make(), None
+        for batch in loader:
+            count += len(batch[0])
+            if first is None:
+                first, first_count = time.perf_counter(), count
+            if time.perf_counter() - begin > seconds:
+                break
+        steady_count += count - first_count
+        steady_time += time.perf_counter() - first
+        del batch, loader  # a stopped epoch: its workers end here and their CPU time is counted
+    wall = time.perf_counter() - begin
+    return count / wall, steady_count / steady_time if steady_count else float("nan"), count / (cpu_seconds() - cpu)
 
 
 def plain_loader(dataset, batch, workers) -> DataLoader:
@@ -181,24 +205,23 @@ def measure(cases, args) -> dict:
     rates = {name: [] for name in cases}
     for repeat in range(args.repeats):
         for name, rate in cases.items():
-            value = rate()
-            rates[name].append(value if isinstance(value, tuple) else (value, value))
+            rates[name].append(rate())
         print(f"  repeat {repeat + 1}/{args.repeats} done", file=sys.stderr, flush=True)
-    return {name: tuple(statistics.median(v[i] for v in values) for i in (0, 1)) for name, values in rates.items()}
+    return {name: tuple(statistics.median(v[i] for v in values) for i in range(3)) for name, values in rates.items()}
 
 
 def data_cases(label, path, key, before, after, image_shape, batch, args) -> tuple:
     """(raw case name, cases) for one dataset: raw read, and before / after / floor loaders per worker count."""
     raw = f"{label} | raw h5py read"
-    cases = {raw: lambda: raw_rate(path, key)}
+    cases = {raw: lambda: raw_rate(path, key, args.seconds)}
+    nothing = NoRead(len(after), image_shape)
     for workers in args.workers:
         cases[f"{label} | before: per-item reads | {workers}"] = \
-            lambda w=workers: loader_rate(plain_loader(before, batch, w), args.seconds)
+            lambda w=workers: loader_rate(lambda: plain_loader(before, batch, w), args.seconds)
         cases[f"{label} | after: batched reads | {workers}"] = \
-            lambda w=workers: loader_rate(make_loader(after, batch, True, w, drop_last=True), args.seconds)
+            lambda w=workers: loader_rate(lambda: make_loader(after, batch, True, w, drop_last=True), args.seconds)
         cases[f"{label} | floor: loader reading nothing | {workers}"] = \
-            lambda w=workers: loader_rate(make_loader(NoRead(len(after), image_shape), batch, True, w, drop_last=True),
-                                          args.seconds)
+            lambda w=workers: loader_rate(lambda: make_loader(nothing, batch, True, w, drop_last=True), args.seconds)
     return raw, cases
 
 
@@ -213,20 +236,21 @@ def git_commit() -> str:
 
 def print_table(groups, medians) -> None:
     """One Markdown table: every case's median rates and their ratios to the raw read of its dataset."""
-    print("| data | loader | workers | images/s per epoch | ratio to raw | steady images/s | ratio to raw | target |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| data | loader | workers | images/s per epoch | ratio | steady images/s | ratio | images per CPU-s "
+          "| ratio | target |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for raw, cases in groups:
         for name in cases:
             label, what, *workers = name.split(" | ")
-            if name == raw:
-                print(f"| {label} | {what} | | {medians[raw][0]:,.0f} | 1 | | | |")
-                continue
             after = what.startswith("after")
             cells = []
-            for rate in medians[name]:
-                ratio = rate / medians[raw][0]
-                cells += [f"{rate:,.0f}", f"**{ratio:.2f}**" if after else f"{ratio:.3f}"]
-            print(f"| {label} | {what} | {workers[0]} | {' | '.join(cells)} | {f'>= {TARGET}' if after else ''} |")
+            for column, rate in enumerate(medians[name]):
+                ratio = rate / medians[raw][0 if column < 2 else 2]
+                shown = "1" if name == raw else f"**{ratio:.2f}**" if after else f"{ratio:.3f}"
+                cells += ["" if name == raw and column == 1 else f"{rate:,.0f}",
+                          "" if name == raw and column == 1 else shown]
+            print(f"| {label} | {what} | {workers[0] if workers else ''} | {' | '.join(cells)} | "
+                  f"{f'>= {TARGET}' if after else ''} |")
 
 
 def main() -> None:
@@ -241,8 +265,9 @@ def main() -> None:
     parser.add_argument("--cube-batch", type=int, default=8, help="cubes per batch (demo_mae)")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--seconds", type=float, default=4.0, help="longest time one loader measurement runs")
+    parser.add_argument("--seconds", type=float, default=2.0, help="time one measurement runs (whole epochs)")
     parser.add_argument("--folder", help="where to write the data (kept); default a temporary folder")
+    parser.add_argument("--skip-cutouts", action="store_true")
     parser.add_argument("--skip-cubes", action="store_true")
     parser.add_argument("--skip-csv", action="store_true")
     parser.add_argument("--quick", action="store_true")
@@ -256,7 +281,7 @@ def main() -> None:
         page_cache(folder)
         load = os.getloadavg()[0]
         groups = []
-        for layout in ("contiguous", "chunked", "gzip"):
+        for layout in () if args.skip_cutouts else ("contiguous", "chunked", "gzip"):
             label = f"{args.images:,} cutouts 1x{args.size}x{args.size}, {layout}" + \
                     (" (64 images per chunk)" if layout != "contiguous" else "")
             after = HDF5Images(paths["cutouts"], layout)
@@ -275,7 +300,7 @@ def main() -> None:
                 label = f"{args.cubes} cubes, CSV of one file per cube"
                 raw, cases = data_cases(label, paths["csv"], None, TodayCubes(after.files), after,
                                         after.image_shape, args.cube_batch, args)
-                cases[raw] = lambda: raw_csv_rate(after.files)
+                cases[raw] = lambda: raw_csv_rate(after.files, args.seconds)
                 groups.append((raw, cases))
         everything = {name: rate for _, cases in groups for name, rate in cases.items()}
         print(f"measuring {len(everything)} cases x {args.repeats} repeats ...", file=sys.stderr)
