@@ -70,7 +70,7 @@ def collate(items):
 
 
 def batch_tensors(count: int, image_shape, shared: bool = True) -> tuple:
-    """Uninitialised (images float32 [B, *image_shape], labels int64 [B], indices int64 [B]) in one block of
+    """Uninitialised (images float32 ``[B, *image_shape]``, labels int64 [B], indices int64 [B]) in one block of
     memory; in a DataLoader worker (and ``shared``) shared memory, so sending the batch on sends one block."""
     image_bytes = -(-count * math.prod(image_shape) * 4 // 8) * 8  # rounded up to whole int64s
     nbytes = image_bytes + 2 * 8 * count
@@ -184,7 +184,7 @@ class HDF5Images(Dataset):
         return ItemBatch(images, labels, index)
 
     def _read(self, positions: np.ndarray, shared: bool) -> tuple:
-        """(images float32 [B, *image_shape], labels [B], indices [B]) of the items at ``positions``."""
+        """(images float32 ``[B, *image_shape]``, labels [B], indices [B]) of the items at ``positions``."""
         images, labels, index = batch_tensors(len(positions), self.stored_shape[1:], shared=shared)
         index.numpy()[:] = positions
         if self._labels is not None:

@@ -94,7 +94,7 @@ class RowReader:
             self.offsets = route[1]
 
     def read(self, positions: np.ndarray, out: np.ndarray) -> None:
-        """Fill ``out`` [len(positions), *item shape] with the items at ``positions`` (any order, repeats allowed)."""
+        """Fill ``out`` ``[len(positions), *item_shape]`` with the items at ``positions`` (any order, repeats too)."""
         if self.mode == "memmap":
             gather(self.rows, positions, out)
         elif self.mode == "chunk-map":
