@@ -7,6 +7,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 import nenya.data.hdf5 as hdf5_module
+import nenya.data.hdf5_rows as hdf5_rows
 from nenya.data.cubes import CubeCSV
 from nenya.data.hdf5 import HDF5Images, ItemBatch, batch_tensors, collate
 from nenya.errors import NenyaError
@@ -172,6 +173,22 @@ def test_h5py_reads_a_batch_with_few_calls(tmp_path, monkeypatch, layout, indice
     images = ds.__getitems__(indices).stacked[0]
     np.testing.assert_array_equal(images.numpy(), array[indices])
     assert 0 < counter.calls <= most
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "chunks-reversed", "gzip"])
+def test_large_items_are_read_one_call_each_into_the_batch(tmp_path, monkeypatch, layout):
+    monkeypatch.setattr(hdf5_rows, "LARGE_ITEM_BYTES", 64)  # these 160-byte items count as large
+    array = ARRAYS["f4 2-D"]
+    ds = HDF5Images(write_layout(tmp_path / "a.h5", array, layout), "train")
+    assert ds.read_mode == "h5py"
+    ds[0]
+    calls = []
+    original = h5py.Dataset.read_direct
+    monkeypatch.setattr(h5py.Dataset, "read_direct", lambda *args: calls.append(1) or original(*args))
+    batch = ds.__getitems__(ASKED)
+    np.testing.assert_array_equal(batch.stacked[0].numpy(), array[POSITIONS])
+    assert batch.stacked[2].tolist() == POSITIONS
+    assert len(calls) == (0 if layout == "gzip" else len(ASKED))  # compressed: a span per chunk instead
 
 
 class PerItem(Dataset):
