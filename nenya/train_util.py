@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Sampler, Subset
 from tqdm import tqdm
 
 from nenya import distributed
+from nenya.data.hdf5 import collate
 from nenya.errors import NenyaError, Terminated, WriteFailed
 from nenya.io import curves
 from nenya.io.checkpoints import checkpoint_state, restore_training_state, save_checkpoint
@@ -256,7 +257,7 @@ def make_loader(dataset, batch_size: int, shuffle: bool, num_workers: int, drop_
         drop_last = False
     sampler = EpochSampler(len(dataset), shuffle, seed, drop_last=drop_last)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      drop_last=drop_last, pin_memory=torch.cuda.is_available(),
+                      drop_last=drop_last, pin_memory=torch.cuda.is_available(), collate_fn=collate,
                       persistent_workers=False, generator=torch.Generator().manual_seed(seed))
 
 

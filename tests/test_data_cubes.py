@@ -76,8 +76,8 @@ def test_written_file_layout(tmp_path):
         stored = np.concatenate([f["train"][()], f["valid"][()]])
     np.testing.assert_array_equal(stored, make_hyperspectral(9, bands=10, size=16, seed=2))
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
-    image, label = HDF5Images(path, "valid")[0]
-    assert image.shape == (10, 16, 16) and label.item() == -1
+    image, label, index = HDF5Images(path, "valid")[0]
+    assert image.shape == (10, 16, 16) and label.item() == -1 and index.item() == 0
 
 
 def test_builtin_resolves_and_is_written_once(tmp_path):
@@ -121,10 +121,12 @@ def test_csv_reads_every_cube(cube_list):
     ds = CubeCSV(csv_path)
     assert len(ds) == 5 and ds.image_shape == (6, 8, 10) and not ds.has_labels
     for i in range(5):
-        cube, label = ds[i]
+        cube, label, index = ds[i]
         assert cube.dtype == torch.float32 and label.dtype == torch.int64 and label.item() == -1
+        assert index.dtype == torch.int64 and index.ndim == 0 and index.item() == i
         np.testing.assert_array_equal(cube.numpy(), cubes[i])
     np.testing.assert_array_equal(ds[-1][0].numpy(), cubes[4])
+    assert ds[-1][2].item() == 4  # the position in the data set, not the index asked for
     with pytest.raises(IndexError):
         ds[5]
     check_channels(ds, 6)

@@ -37,11 +37,13 @@ def test_reads_items_with_labels(cutouts):
     assert len(ds) == 6
     assert ds.has_labels and ds.image_shape == (3, 5, 4)
     np.testing.assert_array_equal(ds.labels, labels)
-    image, label = ds[4]
+    image, label, index = ds[4]
     assert image.dtype == torch.float32 and image.shape == (3, 5, 4)
     assert label.dtype == torch.int64 and label.ndim == 0 and label.item() == 1
+    assert index.dtype == torch.int64 and index.ndim == 0 and index.item() == 4
     np.testing.assert_allclose(image.numpy(), images[4].astype(np.float32))
     torch.testing.assert_close(ds[-1][0], ds[5][0])
+    assert ds[-1][2].item() == 5  # the position in the data set, not the index asked for
     with pytest.raises(IndexError):
         ds[6]
 
@@ -57,7 +59,7 @@ def test_three_dim_images_get_one_channel(tmp_path):
     path = write_h5(tmp_path / "gray.h5", train=np.arange(2 * 8 * 8, dtype=np.uint8).reshape(2, 8, 8))
     ds = HDF5Images(path, "train")
     assert ds.image_shape == (1, 8, 8)
-    image, _ = ds[1]
+    image = ds[1][0]
     assert image.shape == (1, 8, 8) and image.dtype == torch.float32
     assert image[0, 0, 0].item() == 64.0
 

@@ -43,7 +43,7 @@ def h5_images(path, key):
 def test_supcon_training_passes_the_labels_to_the_loss(tiny_run):
     opts, _ = tiny_run
     opt, method, model = build(opts, method="supcon", temp=0.5, base_temp=0.5, **NO_AUGMENTATION)
-    views, labels = next(iter(nenya_loader(opt, method=method)))  # the loader's first batch, seeded
+    views, labels, _ = next(iter(nenya_loader(opt, method=method)))  # the loader's first batch, seeded
     assert len(set(labels.tolist())) > 1
     criterion = SupConLoss(temperature=0.5, base_temperature=0.5)
     with torch.no_grad():  # train mode, as in the loop (BatchNorm uses the batch's statistics)

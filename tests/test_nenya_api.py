@@ -56,8 +56,9 @@ def test_params_loaders_set_model_and_train_model_as_documented(opts_file):
     train_loader = nenya_loader(opt, valid=False)
     valid_loader = nenya_loader(opt, valid=True)
     assert len(train_loader) == 1437 // 128 and len(valid_loader.dataset) == 360
-    views, labels = next(iter(valid_loader))
+    views, labels, index = next(iter(valid_loader))
     assert views.shape == (256, 2, 1, 8, 8) and labels.shape == (256,)
+    assert torch.equal(index, torch.arange(256))  # validation is not shuffled
 
     from nenya.train_util import set_model
     model, criterion = set_model(opt)
@@ -69,7 +70,7 @@ def test_params_loaders_set_model_and_train_model_as_documented(opts_file):
 
     # the first step's loss is the criterion of the first batch's two views, computed directly
     torch.manual_seed(5)
-    first_views, _ = next(iter(nenya_loader(opt, valid=False)))
+    first_views = next(iter(nenya_loader(opt, valid=False)))[0]
     with torch.no_grad():
         expected = criterion(model(first_views.flatten(0, 1)).view(128, 2, -1)).item()
     before = [p.detach().clone() for p in model.parameters()]

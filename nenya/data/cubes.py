@@ -4,10 +4,11 @@ import csv
 import os
 
 import h5py
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from nenya.data.hdf5 import _dataset_names, checked_index, read_item
+from nenya.data.hdf5 import ItemBatch, _dataset_names, batch_tensors, checked_index, checked_indices, read_item
 from nenya.errors import NenyaError
 
 
@@ -47,16 +48,42 @@ class CubeCSV(Dataset):
         return len(self.files)
 
     def __getitem__(self, index):
+        """(cube [C, H, W] normalised and transformed, label -1, index), all tensors."""
         index = checked_index(index, len(self), "cubes")
-        path = self.files[index]
-        with _open(path) as f:
-            node = self._node(f, path, bands=self.stored_shape[1])
-            cube = torch.tensor(read_item(lambda: node[()], path, self.key, index), dtype=torch.float32)
+        cube = torch.from_numpy(self._read(index, np.empty(self.shapes[index], np.float32)))
         if self.normalize is not None:
             cube = self.normalize(cube)
         if self.transform is not None:
             cube = self.transform(cube)
-        return cube, torch.tensor(-1, dtype=torch.int64)
+        return cube, torch.tensor(-1, dtype=torch.int64), torch.tensor(index, dtype=torch.int64)
+
+    def __getitems__(self, indices):
+        """The items at ``indices``, one file read each; without normalisation or transform, read straight into
+        one stacked batch (an :class:`~nenya.data.hdf5.ItemBatch`) when the cubes have one shape."""
+        positions = checked_indices(indices, len(self), "cubes")
+        shapes = {self.shapes[p] for p in positions.tolist()}
+        if self.normalize is not None or self.transform is not None or len(shapes) != 1:
+            return [self[p] for p in positions.tolist()]
+        cubes, labels, index = batch_tensors(len(positions), shapes.pop())  # cubes [B, C, H, W]
+        for row, position in enumerate(positions.tolist()):
+            self._read(position, cubes[row].numpy())
+        labels.fill_(-1)
+        index.numpy()[:] = positions
+        return ItemBatch(cubes, labels, index)
+
+    def _read(self, index: int, out: np.ndarray) -> np.ndarray:
+        """Read cube ``index`` into the float32 array ``out`` [C, H, W]; return ``out``."""
+        path = self.files[index]
+        with _open(path) as f:
+            node = self._node(f, path, bands=self.stored_shape[1])
+            if node.shape != out.shape:
+                raise NenyaError(f"{path}:{self.key} has shape {node.shape} but had {out.shape} when {self.path} "
+                                 f"was read; the file changed during the run")
+            if node.dtype == out.dtype:
+                read_item(lambda: node.read_direct(out), path, self.key, index)
+            else:
+                out[...] = read_item(lambda: node[()], path, self.key, index)
+        return out
 
     def _cube_shape(self, path):
         """The (C, H, W) shape of the cube in `path`, checking its key and rank."""

@@ -104,12 +104,12 @@ class SimCLR(Method):
 
     def feature_step(self, model, batch, indices):
         """Encoder features [B, D] and labels [B] of un-augmented images."""
-        images, labels = batch
+        images, labels = batch[0], batch[1]
         return {"features": unwrap(model).encode(images).float(), "labels": labels}
 
     def embed_step(self, model, batch, indices, encoder=False):
         """Encoder features (``encoder``) or the head's normalised projections of un-augmented images."""
-        images, _ = batch
+        images = batch[0]
         return {"latents": (unwrap(model).encode(images) if encoder else model(images)).float()}
 
     def _knn_sets(self):
