@@ -101,6 +101,19 @@ def test_two_processes_of_batch_b_end_like_one_process_of_batch_2b(ssl_opts, tmp
     assert saved["world_size"] == 2 and saved["global_batch_size"] == 16
 
 
+def test_mae_two_processes_of_batch_b_end_like_one_process_of_batch_2b(tmp_path):
+    """MAE's training masks come from (seed, epoch, item index), so they do not depend on the process."""
+    from test_methods_mae import mae_opts
+    opts = mae_opts(tmp_path, epochs=1, flip=False, cube_rot90=False, optimizer="sgd", learning_rate=0.05)
+    single = train_main(opts, overrides={"batch_size_train": 4, "model_name": "one"}, verbose=False)
+    both = train_in_processes(opts, {"batch_size_train": 2, "model_name": "two"})
+    one, two = weights(tmp_path / "models/one/last.pth"), weights(tmp_path / "models/two/last.pth")
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-6, msg=key)
+    for name, value in single["final"].items():
+        assert both[0]["final"][name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
+
+
 def test_only_the_first_process_writes(ssl_opts, tmp_path):
     train_in_processes(ssl_opts, {"batch_size_train": 8, "model_name": "two"})
     folders = [p for p in (tmp_path / "models").iterdir() if p.is_dir()]
