@@ -20,10 +20,18 @@ def reference_terms(pred, target, mask, masked_only=True, norm_pix_loss=False, v
     target = np.asarray(target, dtype=np.float64)
     mask = np.asarray(mask, dtype=np.float64)
     batch, length, values = pred.shape
-    pixels = values // band_patch
-    every = [(b, token) for b in range(batch) for token in range(length)]
-    included = [(b, token) for b, token in every if not masked_only or mask[b, token] == 1] or every
+    cubes = []
+    for b in range(batch):
+        every = [(b, token) for token in range(length)]
+        included = [(b, token) for b, token in every if not masked_only or mask[b, token] == 1] or every
+        cubes.append(cube_terms(pred, target, included, norm_pix_loss, valid_range, band_patch, eps))
+    return {name: sum(cube[name] for cube in cubes) / batch for name in TERMS}  # mean over cubes
 
+
+def cube_terms(pred, target, included, norm_pix_loss, valid_range, band_patch, eps):
+    """The four terms of one cube: means over its ``included`` (cube, token) patches."""
+    values = pred.shape[2]
+    pixels = values // band_patch
     sums = dict.fromkeys(TERMS, 0.0)
     for b, token in included:
         t = list(target[b, token])
@@ -201,8 +209,8 @@ def test_variance_penalises_only_a_loss_of_spectral_variation():
     spectra = target.reshape(*target.shape[:2], BAND_PATCH, PIXELS)
     collapsed = spectra.mean(dim=2, keepdim=True).expand_as(spectra).reshape(target.shape)
     _, parts = loss_fn()(collapsed, target, mask)
-    selected = spectra[mask.bool()]
-    assert parts["variance"].item() == pytest.approx(selected.var(dim=1, correction=0).mean().item())
+    per_cube = [spectra[b][mask[b].bool()].var(dim=1, correction=0).mean() for b in range(len(mask))]
+    assert parts["variance"].item() == pytest.approx(torch.stack(per_cube).mean().item())
     mean = spectra.mean(dim=2, keepdim=True)
     exaggerated = (mean + 2 * (spectra - mean)).reshape(target.shape)
     assert loss_fn()(exaggerated, target, mask)[1]["variance"].item() == 0
@@ -255,8 +263,9 @@ def reference_spectrum_sam(pred, target, mask, groups, masked_only=True, band_pa
     pred, target, mask = (np.asarray(x, dtype=np.float64) for x in (pred, target, mask))
     batch, length, values = pred.shape
     spatial, pixels = length // groups, values // band_patch
-    angles = []
+    per_cube = []
     for b in range(batch):
+        angles = []
         for s in range(spatial):
             tokens = [g * spatial + s for g in range(groups)]
             hidden = [mask[b, t] == 1 for t in tokens]
@@ -270,7 +279,8 @@ def reference_spectrum_sam(pred, target, mask, groups, masked_only=True, band_pa
                     t += [target[b, token, c * pixels + k] for c in range(band_patch)]
                 cosine = np.dot(p, t) / max(np.linalg.norm(p) * np.linalg.norm(t), eps)
                 angles.append(math.acos(min(max(cosine, -1 + eps), 1 - eps)))
-    return float(np.mean(angles))
+        per_cube.append(np.mean(angles))
+    return float(np.mean(per_cube))  # mean over each cube's pixels, then over cubes
 
 
 @pytest.mark.parametrize("masked_only", [True, False])
@@ -292,3 +302,15 @@ def test_spectrum_sam_sends_gradient_to_hidden_pieces_only():
     loss(pred, target, mask)[0].backward()
     grad_norm = pred.grad.abs().sum(dim=-1)  # [B, L]
     assert torch.all(grad_norm[mask == 0] == 0) and torch.all(grad_norm[mask == 1] > 0)
+
+
+@pytest.mark.parametrize("sam_scope", ["spectrum", "patch"])
+def test_a_batch_loss_is_the_mean_of_its_cubes_losses(sam_scope):
+    """Cubes with different numbers of hidden patches: batching (or splitting over processes) changes nothing."""
+    pred, target, mask = make_batch()  # cube 0 hides 3 patches, cube 1 hides 2
+    loss = loss_fn(spectral_groups=2, sam_scope=sam_scope)
+    total, parts = loss(pred, target, mask)
+    alone = [loss(pred[i:i + 1], target[i:i + 1], mask[i:i + 1]) for i in range(2)]
+    assert total.item() == pytest.approx((alone[0][0].item() + alone[1][0].item()) / 2, rel=1e-12)
+    for name in TERMS:
+        assert parts[name].item() == pytest.approx((alone[0][1][name] + alone[1][1][name]).item() / 2, rel=1e-12)

@@ -16,10 +16,13 @@ class MAESpectralLoss(nn.Module):
     ``band_patch``-long piece of the spectrum of pixel ``k`` of patch ``l``.
 
     Included patches: with ``masked_only`` the masked patches (the mask values are the patch
-    weights), otherwise all patches; when ``masked_only`` is on and the batch has no masked
-    patch at all, all patches are included, so the loss is never NaN. Every term is a mean
-    over included patches; within a patch it is a mean over its pixels or values, and every
-    patch has the same number of both, so it is equally a mean over included pixels or values.
+    weights), otherwise all patches; when ``masked_only`` is on and a cube has no masked
+    patch at all, all its patches are included, so the loss is never NaN. Every term is a mean
+    over each cube's included patches, then over the cubes of the batch, so a batch's loss is
+    the mean of its cubes' losses whatever the batching (and processes under torch.distributed
+    average to the single-process value); within a patch it is a mean over its pixels or values,
+    and every patch has the same number of both, so it is equally a mean over included pixels or
+    values.
 
     ``mse``
         ``mean_p (pred - t)**2`` per patch, averaged over included patches. ``t`` is the
@@ -32,7 +35,7 @@ class MAESpectralLoss(nn.Module):
         whose spectrum has at least one hidden piece, the reconstructed spectrum (hidden pieces
         predicted, visible pieces the target's, so only hidden pieces get a gradient; without
         ``masked_only`` every piece predicted) against the target spectrum, averaged over those
-        pixels. With ``sam_scope="patch"`` it is taken within each patch: for each pixel of each
+        pixels of each cube, then over the cubes. With ``sam_scope="patch"`` it is taken within each patch: for each pixel of each
         included patch, with ``p`` and ``t`` the predicted and target spectrum pieces, ``arccos(clamp(cos, -1 + eps, 1 - eps))``
         in radians, where ``cos = <p, t> / max(|p| |t|, eps)`` and ``eps = sam_eps``;
         averaged over those pixels. The clamp keeps the gradient of arccos finite, so the
@@ -106,12 +109,12 @@ class MAESpectralLoss(nn.Module):
             pred, target = pred.float(), target.float()
         target = target.to(pred.dtype)
 
-        weights = mask.to(pred.dtype) if self.masked_only else torch.ones_like(mask, dtype=pred.dtype)
-        # No sync with the device: an all-visible mask switches to all patches inside the graph.
-        weights = torch.where(weights.sum() > 0, weights, torch.ones_like(weights))
+        weights = mask.to(pred.dtype) if self.masked_only else torch.ones_like(mask, dtype=pred.dtype)  # [B, L]
+        # No sync with the device: a cube with no hidden patch switches to all its patches inside the graph.
+        weights = torch.where(weights.sum(dim=1, keepdim=True) > 0, weights, torch.ones_like(weights))
 
-        def patch_mean(per_patch: torch.Tensor) -> torch.Tensor:
-            return (per_patch * weights).sum() / weights.sum()
+        def patch_mean(per_patch: torch.Tensor) -> torch.Tensor:  # [B, L] -> mean per cube, then over cubes
+            return ((per_patch * weights).sum(dim=1) / weights.sum(dim=1)).mean()
 
         raw_pred = pred
         mse_target = target
@@ -173,6 +176,6 @@ class MAESpectralLoss(nn.Module):
         angle = self._angle(spectra(reconstructed), spectra(target), dim=-1).mean(dim=-1)  # [B, spatial]
         if not self.masked_only:
             return angle.mean()
-        weights = hidden.reshape(batch, groups, spatial).any(dim=1).to(angle.dtype)
-        weights = torch.where(weights.sum() > 0, weights, torch.ones_like(weights))
-        return (angle * weights).sum() / weights.sum()
+        weights = hidden.reshape(batch, groups, spatial).any(dim=1).to(angle.dtype)  # [B, spatial]
+        weights = torch.where(weights.sum(dim=1, keepdim=True) > 0, weights, torch.ones_like(weights))
+        return ((angle * weights).sum(dim=1) / weights.sum(dim=1)).mean()  # per cube, then over cubes
