@@ -41,7 +41,8 @@ class SegmentAugment:
                 steps.append(Rand2DElasticd(both, spacing=max(size // 4, 2), magnitude_range=(1.0, 2.0),
                                             prob=p["elastic_transform"], mode=modes, padding_mode="zeros"))
             else:
-                steps.append(Rand3DElasticd(both, sigma_range=(4.0, 6.0), magnitude_range=(size / 4, size / 2),
+                steps.append(Rand3DElasticd(both, sigma_range=(max(size / 16, 2.0), max(size / 10, 3.0)),
+                                            magnitude_range=(size, 2.0 * size),
                                             prob=p["elastic_transform"], mode=modes, padding_mode="zeros"))
         if p["affine_transform"] > 0:
             steps.append(RandAffined(both, prob=p["affine_transform"], rotate_range=[math.radians(10)] * (dims - 1)
