@@ -2,7 +2,7 @@
 
 Images are (N, C, H, W) or (N, C, D, H, W) (without the channel axis when the images have the
 masks' rank: one channel); masks are (N, H, W) or (N, D, H, W) of label values 0 .. K - 1. Items
-are ``(image float32 [C, *S], mask int64 [*S], index)``; ``rows`` picks the file's rows (a split
+are ``(image float32 ``[C, *S]``, mask int64 ``[*S]``, index)``; ``rows`` picks the file's rows (a split
 manifest), ``target_label`` turns the mask into ``mask == target_label`` (binary mode), and
 ``augment`` (:class:`nenya.data.segment_augment.SegmentAugment`) is seeded per (seed, epoch, index).
 """
@@ -88,7 +88,7 @@ def read_manifest(path: str, data_path: str, key: str) -> dict:
 
 
 class SegmentationSet(Dataset):
-    """Items (image [C, *S], mask [*S], index) of ``key`` in ``path``, read lazily (one handle per process)."""
+    """Items (image ``[C, *S]``, mask ``[*S]``, index) of ``key`` in ``path``, read lazily (one handle per process)."""
 
     def __init__(self, path: str, key: str, rows=None, augment=None, seed: int = 0, target_label: int | None = None):
         self.path, self.key, self.augment, self.seed, self.target_label = path, key, augment, seed, target_label
@@ -109,7 +109,7 @@ class SegmentationSet(Dataset):
         return self._file
 
     def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """(image [C, *S] float32, mask [*S] int64) of item ``index``, as stored."""
+        """(image ``[C, *S]`` float32, mask ``[*S]`` int64) of item ``index``, as stored."""
         f, row = self._handle(), int(self.rows[index])
         image = np.asarray(f[self.key][row], np.float32)
         mask = np.asarray(f[f"{self.key}_masks"][row]).astype(np.int64)

@@ -32,7 +32,7 @@ def write_per_image_csv(path: str, outputs: dict, rows, class_names) -> str:
 
 
 def write_masks(path: str, masks, dataset, target_label=None) -> str:
-    """Predicted label maps [N, *S] as ``masks`` (uint8, or uint16 above 255) with the data rows they belong to."""
+    """Predicted label maps ``[N, *S]`` as ``masks`` (uint8, or uint16 above 255) with the data rows they belong to."""
     masks = np.asarray(masks)
     dtype = np.uint8 if masks.size == 0 or masks.max() < 256 else np.uint16
     attrs = {"data": dataset.path, "key": dataset.key, "target_label": -1 if target_label is None else target_label,

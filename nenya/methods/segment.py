@@ -1,6 +1,6 @@
 """Segmentation (``method: "segment"``): Attention U-Net (2-D/3-D), 3-D U-Net, D-Former-style 3-D transformer.
 
-Items are (image [C, *S], integer mask [*S], index) (:mod:`nenya.data.segmentation`), training items
+Items are (image ``[C, *S]``, integer mask ``[*S]``, index) (:mod:`nenya.data.segmentation`), training items
 augmented jointly (:mod:`nenya.data.segment_augment`) from (seed, epoch, index). The loss is one of
 :mod:`nenya.losses.segmentation` (plus the deep-supervision terms of dformer3d). Evaluation scores
 every image and foreground class (:mod:`nenya.metrics.segmentation`) and averages over images and

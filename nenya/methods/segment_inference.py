@@ -11,12 +11,12 @@ import torch
 
 
 def activation(logits: torch.Tensor) -> torch.Tensor:
-    """Probabilities of logits [B, K, *S]: sigmoid for K = 1, softmax over K otherwise."""
+    """Probabilities of logits ``[B, K, *S]``: sigmoid for K = 1, softmax over K otherwise."""
     return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
 
 
 def to_labels(probabilities: torch.Tensor) -> torch.Tensor:
-    """Label maps [B, *S] (int64) of probabilities [B, K, *S]: p > 0.5 for K = 1, else the argmax."""
+    """Label maps ``[B, *S]`` (int64) of probabilities ``[B, K, *S]``: p > 0.5 for K = 1, else the argmax."""
     if probabilities.shape[1] == 1:
         return (probabilities[:, 0] > 0.5).long()
     return probabilities.argmax(dim=1)
@@ -31,7 +31,7 @@ def roi_of(roi_size, spatial_dims: int) -> list[int] | None:
 
 def infer_logits(model, images: torch.Tensor, roi=None, overlap: float = 0.25, mode: str = "gaussian",
                  sw_batch_size: int = 4, stitch_cpu: bool = True) -> torch.Tensor:
-    """Float32 logits [B, K, *S] of images [B, C, *S], whole or by sliding windows of ``roi``."""
+    """Float32 logits ``[B, K, *S]`` of images ``[B, C, *S]``, whole or by sliding windows of ``roi``."""
     if roi is None:
         return model(images).float()
     from monai.inferers import sliding_window_inference
@@ -43,7 +43,7 @@ def infer_logits(model, images: torch.Tensor, roi=None, overlap: float = 0.25, m
 
 
 def predict(model, images: torch.Tensor, tta: bool = False, **window) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits of the image as it is, probabilities averaged over flips when ``tta``), both [B, K, *S]."""
+    """(logits of the image as it is, probabilities averaged over flips when ``tta``), both ``[B, K, *S]``."""
     logits = infer_logits(model, images, **window)
     probabilities = activation(logits)
     if tta:
