@@ -94,7 +94,8 @@ def evaluate_run(folder: str, data: str | None = None, key: str | None = None, c
     record = {"metrics": metrics, "run": os.path.abspath(folder), "method": opt.method,
               "data": os.path.abspath(data_path) if data_path else None, "key": data_key,
               "checkpoint": checkpoint, "checkpoint_file": os.path.abspath(checkpoint_file(folder, checkpoint)),
-              "items": len(dataset), **({"overrides": overrides} if overrides else {}), **({"about": method.describe()} if method.describe() else {})}
+              "items": len(dataset), **({"overrides": overrides} if overrides else {}),
+              **({"about": method.describe()} if method.describe() else {})}
     write_json(metrics_path, record, indent=2)
     return record
 

@@ -24,7 +24,8 @@ def write_per_image_csv(path: str, outputs: dict, rows, class_names) -> str:
                 f"{float(outputs['pixel_accuracy'][item]):.6g}", int(scores["empty_both"][item].sum()),
                 int(scores["empty_one"][item].sum())]
         if several:
-            line += [f"{scores[m][item, k]:.6g}" for m in ("dice", "iou", "boundary_f1") for k in range(len(class_names))]
+            line += [f"{scores[m][item, k]:.6g}" for m in ("dice", "iou", "boundary_f1")
+                     for k in range(len(class_names))]
         writer.writerow(line)
     with atomic_path(path) as temporary, open(temporary, "w", newline="") as handle:
         handle.write(text.getvalue())

@@ -60,4 +60,5 @@ def debug_lines(images, masks, logits, parts, loss) -> str:
     return (f"debug: images {list(images.shape)} {str(images.dtype)[6:]} in [{images.min():.4g}, {images.max():.4g}]"
             f"\ndebug: masks {list(masks.shape)} {str(masks.dtype)[6:]} values {values[:10]}"
             f"\ndebug: model output {list(logits.shape)} in [{logits.min():.4g}, {logits.max():.4g}]"
-            f"\ndebug: loss {float(loss.detach()):.6g} = " + " + ".join(f"{k} {float(v):.6g}" for k, v in parts.items()))
+            f"\ndebug: loss {float(loss.detach()):.6g} = "
+            + " + ".join(f"{k} {float(v):.6g}" for k, v in parts.items()))

@@ -31,7 +31,8 @@ OPTIONS = [
     Option("loss", "str", "dice_ce", "segmentation loss: cross-entropy (K >= 2), BCE (num_classes 1), Dice, "
            "Dice + CE/BCE or focal", SEGMENT, choices=("ce", "bce", "dice", "dice_ce", "focal"),
            section="segmentation"),
-    Option("class_weights", "float_list_or_auto", None, "cross-entropy / focal class weights: a list of num_classes numbers "
+    Option("class_weights", "float_list_or_auto", None, "cross-entropy / focal class weights: a list of num_classes "
+           "numbers "
            "(JSON list or '1,5,10') or 'auto' (N / (K n_c) from the training masks)", SEGMENT, nullable=True,
            section="segmentation"),
     Option("pos_weight", "float_or_auto", None, "BCE foreground weight (num_classes 1): a number or 'auto' (background "
