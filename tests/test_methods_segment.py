@@ -343,3 +343,18 @@ def test_the_split_module_runs_as_a_command(tmp_path):
                           capture_output=True, text=True)
     assert done.returncode == 2 and done.stderr.strip() == (
         "nenya: error: --valid-fraction 1.5 is invalid; use a fraction strictly between 0 and 1")
+
+
+@pytest.mark.slow
+def test_two_processes_report_the_metrics_of_the_whole_validation_set(tmp_path):
+    from test_distributed import train_in_processes
+
+    data = write_seg_h5(tmp_path / "seg.h5", n_valid=5)  # 5 items over 2 processes: one is padding, left out
+    path = tmp_path / "opts.json"
+    path.write_text(json.dumps(seg_opts(tmp_path, data, batch_size_valid=2, learning_rate=1e-4)))
+    single = train_main(str(path), {"model_name": "one"}, verbose=False)
+    both = train_in_processes(str(path), {"model_name": "two"})
+    assert single["init"]["empty_one"] + single["init"]["empty_both"] <= 10  # 5 images x 2 classes
+    for name, value in single["init"].items():  # the same initial weights: the same metrics over all 5 images
+        assert both[0]["init"][name] == pytest.approx(value, rel=1e-6, abs=1e-9), name
+    assert both[0]["init"] == both[1]["init"]
