@@ -23,6 +23,8 @@ TYPE_NAMES = {
     "int_list": "list of int",
     "float_list": "list of float",
     "str_list": "list of string",
+    "float_list_or_auto": "list of float or \"auto\"",
+    "float_or_auto": "float or \"auto\"",
 }
 
 INTRO = """\

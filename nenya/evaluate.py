@@ -1,4 +1,8 @@
-"""Metrics of a trained run on a data set: ``python -m nenya.evaluate RUN_DIR [--data FILE] [--key KEY]``.
+"""Metrics of a trained run on a data set: ``python -m nenya.evaluate RUN_DIR [--data FILE] [--key KEY] [key=value]``.
+
+``key=value`` overrides change the run's options for this evaluation only (e.g. ``roi_size=[64,64]``);
+``--save-masks``, ``--tta``, ``--roi-size`` and ``--overlap`` are segmentation's (save_masks, tta,
+roi_size, sw_overlap).
 
 Writes ``eval_metrics.json`` (the metrics, and which run, data, key and checkpoint) and the method's
 figures into ``--out`` (default ``RUN_DIR/eval``); an existing ``eval_metrics.json`` is kept unless
@@ -16,7 +20,7 @@ from nenya.io.atomic import write_json
 from nenya.io.checkpoints import load_checkpoint, load_model_state
 from nenya.io.run_folder import read_run_options
 from nenya.methods import get_method
-from nenya.params import Params, option_preprocess
+from nenya.params import Params, option_preprocess, parse_overrides
 from nenya.train_util import data_name, evaluation_pass, seed_everything, select_device
 
 METRICS_FILE = "eval_metrics.json"
@@ -34,11 +38,15 @@ def checkpoint_file(folder: str, checkpoint: str, warn: bool = False) -> str:
     return path
 
 
-def load_run(folder: str, checkpoint: str = "best"):
-    """(options, method, model in eval mode on the CPU) of a run; checkpoint is 'best', 'last' or a file name."""
+def load_run(folder: str, checkpoint: str = "best", overrides: dict | None = None):
+    """(options, method, model in eval mode on the CPU) of a run; checkpoint is 'best', 'last' or a file name.
+
+    ``overrides`` replace options of the run (those evaluation reads, such as sliding-window inference).
+    """
     options = read_run_options(folder)
     if options is None:
         raise NenyaError(f"{folder} is not a nenya run folder (it has no opts.json)")
+    options.update(overrides or {})
     opt = option_preprocess(Params(options, source_name=os.path.join(folder, "opts.json"), warn_unused=False))
     path = checkpoint_file(folder, checkpoint, warn=True)
     method = get_method(opt)
@@ -56,7 +64,7 @@ def _describe(dataset, data, key):
 
 
 def evaluate_run(folder: str, data: str | None = None, key: str | None = None, checkpoint: str = "best",
-                 out: str | None = None, overwrite: bool = False) -> dict:
+                 out: str | None = None, overwrite: bool = False, overrides: dict | None = None) -> dict:
     """Evaluate a run's checkpoint on ``data``/``key`` (default: its own validation data); return the record."""
     out = out if out is not None else os.path.join(folder, "eval")
     if os.path.exists(out) and not os.path.isdir(out):
@@ -66,7 +74,7 @@ def evaluate_run(folder: str, data: str | None = None, key: str | None = None, c
         raise NenyaError(f"{metrics_path} already exists; choose another --out folder or pass --overwrite")
     if data is not None and not os.path.isfile(data):
         raise NenyaError(f"data file {data} does not exist (--data)")
-    opt, method, model = load_run(folder, checkpoint)
+    opt, method, model = load_run(folder, checkpoint, overrides)
     device = select_device(opt)
     model = model.to(device)
     dataset = method.eval_dataset(data, key)
@@ -86,7 +94,8 @@ def evaluate_run(folder: str, data: str | None = None, key: str | None = None, c
     record = {"metrics": metrics, "run": os.path.abspath(folder), "method": opt.method,
               "data": os.path.abspath(data_path) if data_path else None, "key": data_key,
               "checkpoint": checkpoint, "checkpoint_file": os.path.abspath(checkpoint_file(folder, checkpoint)),
-              "items": len(dataset), **({"about": method.describe()} if method.describe() else {})}
+              "items": len(dataset), **({"overrides": overrides} if overrides else {}),
+              **({"about": method.describe()} if method.describe() else {})}
     write_json(metrics_path, record, indent=2)
     return record
 
@@ -101,10 +110,19 @@ def cli(argv=None) -> int:
         parser.add_argument("--checkpoint", default="best", help="best, last or a .pth file in the run folder")
         parser.add_argument("--out", help="folder for eval_metrics.json and figures (default: RUN_DIR/eval)")
         parser.add_argument("--overwrite", action="store_true", help="replace an existing eval_metrics.json")
+        parser.add_argument("overrides", nargs="*", help="key=value option overrides for this evaluation")
+        parser.add_argument("--save-masks", action="store_true", help="segment: predicted masks to OUT/masks.h5")
+        parser.add_argument("--tta", action="store_true", help="segment: flip test-time augmentation")
+        parser.add_argument("--roi-size", type=int, nargs="+", help="segment: sliding-window size (one or per axis)")
+        parser.add_argument("--overlap", type=float, help="segment: sliding-window overlap (default 0.25)")
 
     def run(args):
+        overrides = parse_overrides(args.overrides)
+        flags = {"save_masks": args.save_masks or None, "tta": args.tta or None, "roi_size": args.roi_size,
+                 "sw_overlap": args.overlap}
+        overrides.update({key: value for key, value in flags.items() if value is not None})
         with torch.no_grad():
-            record = evaluate_run(args.run, args.data, args.key, args.checkpoint, args.out, args.overwrite)
+            record = evaluate_run(args.run, args.data, args.key, args.checkpoint, args.out, args.overwrite, overrides)
         for name, value in record["metrics"].items():
             print(f"{name} {value:.6g}")
         out = args.out if args.out is not None else os.path.join(args.run, "eval")

@@ -114,6 +114,21 @@ def _coerce(option, value, source: str):
                 pass
         elif isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
             return list(value)
+    elif kind in ("float_list_or_auto", "float_or_auto"):  # "auto", or numbers ('1,5,10' or a JSON list)
+        if value == "auto":
+            return value
+        if kind == "float_or_auto":
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return _finite(option, float(value), where)
+        else:
+            try:
+                numbers = [float(part) for part in value.split(",")] if isinstance(value, str) else None
+            except ValueError:
+                numbers = None
+            if isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+                numbers = [float(v) for v in value]
+            if numbers is not None:
+                return [_finite(option, v, where) for v in numbers]
     elif kind == "float_list":
         if isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
             return [_finite(option, float(v), where) for v in value]

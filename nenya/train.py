@@ -52,6 +52,7 @@ def main(opts_path: str, overrides: dict | None = None, debug: bool = False, res
     if debug:
         overrides.setdefault("num_workers", 0)
         overrides.setdefault("print_freq", 1)
+        overrides.setdefault("debug", True)
     distributed.init(use_cuda=overrides.get("cuda_use", True) is not False)  # under torchrun: join the group
     opt = get_options(opts_path, overrides)
     seed_everything(opt.seed)
@@ -92,7 +93,8 @@ def cli(argv=None) -> int:
         parser.add_argument("overrides", nargs="*", help="key=value overrides, values as JSON (epochs=3)")
         parser.add_argument("--dry-run", action="store_true", help="print options, build model and data, exit")
         parser.add_argument("--resume", action="store_true", help="continue the run from its last.pth")
-        parser.add_argument("--debug", action="store_true", help="no workers, a log line every step")
+        parser.add_argument("--debug", action="store_true", help="no workers, a log line every step, debug=true "
+                                                                    "(first batch, output shape, loss parts)")
 
     def run(args):
         main(args.opts, parse_overrides(args.overrides), debug=args.debug, resume=args.resume, dry=args.dry_run)

@@ -71,6 +71,17 @@ class SegmentationLoss(nn.Module):
             return F.binary_cross_entropy_with_logits(logits[:, 0], target.float(), pos_weight=self.pos_weight)
         return F.cross_entropy(logits, target.long(), weight=self.class_weights)
 
+    def parts(self, logits: torch.Tensor, target: torch.Tensor) -> dict:
+        """The loss's terms, each a float32 scalar: ``dice`` and ``ce`` / ``bce`` (dice_ce), else the one term."""
+        with torch.no_grad(), torch.autocast(device_type=logits.device.type, enabled=False):
+            logits = logits.float()
+            if self.name not in ("dice", "dice_ce"):
+                return {self.name: self.forward(logits, target)}
+            parts = {"dice": self.dice(logits, target.unsqueeze(1).float())}
+            if self.name == "dice_ce":
+                parts["bce" if self.num_classes == 1 else "ce"] = self.cross_entropy(logits, target)
+            return parts
+
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The loss (a float32 scalar) of logits ``[B, K, *S]`` against label maps ``[B, *S]``."""
         with torch.autocast(device_type=logits.device.type, enabled=False):

@@ -168,3 +168,22 @@ class SegmentationScores:
     def summary(self) -> dict:
         """Means over images and classes, per class, and the empty-mask counts."""
         return summarize(self.totals(), self.class_names)
+
+
+def summarize_outputs(outputs: dict, class_names) -> dict:
+    """Metrics of an evaluation pass's per-image outputs (``score_<metric>`` [N, K], ``pixel_accuracy`` [N]).
+
+    Dice, IoU and boundary F1 averaged over images and classes; with several classes also per class
+    (``dice_<name>``, ``iou_<name>``); pixel accuracy (all labels) averaged over images; the counts of
+    empty cases (``empty_both``, ``empty_one``) over images and classes.
+    """
+    scores = {name: outputs[f"score_{name}"].double() for name in ("dice", "iou", "boundary_f1", "empty_both",
+                                                                     "empty_one")}
+    totals = score_totals({**scores, "accuracy": torch.zeros_like(scores["dice"])})
+    summary = summarize(totals, class_names)
+    metrics = {name: summary[name] for name in ("dice", "iou", "boundary_f1")}
+    if len(class_names) > 1:
+        metrics.update({f"{name}_{cls}": summary[f"{name}_{cls}"] for name in ("dice", "iou") for cls in class_names})
+    metrics["pixel_accuracy"] = float(outputs["pixel_accuracy"].double().mean())
+    metrics["empty_both"], metrics["empty_one"] = float(summary["empty_both"]), float(summary["empty_one"])
+    return metrics

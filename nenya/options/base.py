@@ -21,7 +21,7 @@ class Option:
     """
 
     name: str
-    type: str  # int, float, bool, str, int_list, float_list
+    type: str  # int, float, bool, str, int_list, float_list, str_list, float_list_or_auto, float_or_auto
     default: object
     help: str
     methods: tuple = ALL

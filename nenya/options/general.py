@@ -26,7 +26,8 @@ OPTIONS = [
     Option("nchannels", "int", 1, "channels per input image (bands of a cube); must match the data",
            section="method", minimum=1),
     Option("num_classes", "int", None, "classes of the labels (default: counted from the training labels and "
-           "recorded in opts.json); contrastive runs train an online linear probe with it", nullable=True,
+           "recorded in opts.json); contrastive runs train an online linear probe with it; segment: 1 = binary "
+           "(one sigmoid logit), K >= 2 = softmax over label values 0 .. K-1", nullable=True,
            section="method", minimum=1),
     # optimisation
     Option("optimizer", "str", "sgd", "optimizer; lars adapts per-layer rates for large-batch SimCLR",
@@ -99,6 +100,8 @@ OPTIONS = [
            section="monitoring", minimum=1),
     Option("monitor", "str", None, "validation metric that picks best.pth (default: the method's); its "
            "direction (min or max) is the one the method declares", nullable=True, section="monitoring"),
+    Option("debug", "bool", False, "print the first batch's shapes and value ranges, the model's output shape and "
+           "the loss parts (--debug also sets num_workers 0 and print_freq 1)", section="monitoring"),
     Option("dpi", "int", 100, "resolution of PNG figures", section="monitoring", minimum=1, maximum=1000),
     # run
     Option("model_root", "str", "models", "folder of run folders", section="run"),

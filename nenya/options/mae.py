@@ -50,5 +50,6 @@ OPTIONS = [
            section="mae", minimum=0, exclusive_minimum=True),
     Option("rgb_bands", "int_list", None, "three band indices for RGB composites (default: evenly spaced)", MAE,
            nullable=True, section="mae", minimum=0, rule="each below nchannels"),
-    Option("figure_samples", "int", 2, "validation cubes drawn in the figures", MAE, section="mae", minimum=0),
+    Option("figure_samples", "int", 2, "validation cubes (images) drawn in the figures", MAE + ("segment",),
+           section="monitoring", minimum=0),
 ]
