@@ -55,7 +55,8 @@ class Method:
             size = size or (height, width)
         return {"img_size": size, "patch_size": opt.patch_size[0], "window_size": opt.window_size,
                 "attention": opt.attention, "drop_path_rate": opt.drop_path_rate,
-                "grad_checkpointing": opt.grad_checkpointing, "spectral_channels": opt.spectral_channels}
+                "grad_checkpointing": opt.grad_checkpointing, "spectral_channels": opt.spectral_channels,
+                "embed_dim": opt.embed_dim, "depths": tuple(opt.depths), "num_heads": tuple(opt.num_heads)}
 
     def build_datasets(self):
         """(train dataset, validation dataset or None), each item already prepared for this method."""

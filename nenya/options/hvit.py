@@ -6,6 +6,12 @@
 from nenya.options.base import ENCODERS, Option
 
 OPTIONS = [
+    Option("embed_dim", "int", 96, "hvit: token width of stage 1 (doubled at each patch merging)", ENCODERS,
+           section="hvit", minimum=1),
+    Option("depths", "int_list", [2, 2, 6, 2], "hvit: blocks per stage (Swin-T's by default)", ENCODERS,
+           section="hvit", minimum=1),
+    Option("num_heads", "int_list", [3, 6, 12, 24], "hvit: attention heads per stage (one per depths entry)",
+           ENCODERS, section="hvit", minimum=1),
     Option("window_size", "int", 8, "hvit: side of the attention windows (clipped to each stage's token grid, "
            "which must be a multiple of it)", ENCODERS, section="hvit", minimum=1),
     Option("attention", "str", "window", "hvit: shifted-window attention with relative position bias, or global "
