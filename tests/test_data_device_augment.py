@@ -175,3 +175,19 @@ def test_simclr_rgb_on_grey_images_is_one_error_line(tiny_run, capsys):
     opts, _ = tiny_run
     fails_with(capsys, [opts, "augment=simclr_rgb", "flip=false", "random_cropjitter=null", "gauss_noise=0"],
                "augment 'simclr_rgb'", "nchannels is 1", "simclr_geometric")
+
+
+def test_with_device_augmentation_the_data_sets_give_plain_items(tiny_run, tmp_path):
+    import h5py
+    from nenya.methods import get_method
+    from nenya.params import get_options
+    opts, _ = tiny_run
+    train, valid = get_method(get_options(opts, {"augment_on": "device"})).build_datasets()
+    with h5py.File(tmp_path / "images.h5") as handle:
+        assert torch.equal(train[3][0], torch.from_numpy(handle["train"][3]))  # [C, H, W], no views
+        assert torch.equal(valid[1][0], torch.from_numpy(handle["valid"][1]))
+    assert get_method(get_options(opts)).build_datasets()[0][3][0].shape == (2, 1, 8, 8)  # workers: two views
+    mae = get_method(get_options(mae_opts(tmp_path, cube_crop=8, augment_on="device")))
+    cubes = mae.build_datasets()[0]
+    with h5py.File(tmp_path / "cubes.h5") as handle:
+        assert torch.equal(cubes[2][0], torch.from_numpy(handle["train"][2]))  # uncropped, unrotated

@@ -432,3 +432,10 @@ def test_gradient_checkpointing_gives_the_same_output():
         torch.manual_seed(1)
         outputs.append(model.train().encode(x))
     torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=0)
+
+
+def test_patch_size_defaults_by_method_and_takes_one_number_for_hvit():
+    from nenya.params import Params
+    assert Params({"method": "simclr", "model": "hvit"}).patch_size == [16]
+    assert Params({"method": "mae", "model": "mae_tiny"}).patch_size == [25, 5]
+    assert Params({"method": "simclr", "model": "hvit", "patch_size": 4}).patch_size == [4]
