@@ -91,9 +91,9 @@ class ContrastiveViews:
                              f"(its own crop and flip); drop them or set augment 'nenya'")
         image_channels = opt.nchannels - (opt.spectral_channels if opt.model == "hvit" else 0)
         if self.kind == "simclr_rgb" and image_channels != RGB:
-            raise NenyaError(f"augment 'simclr_rgb' jitters colour, which needs {RGB} RGB image channels, but nchannels "
-                             f"is {opt.nchannels} ({image_channels} image channels); use augment 'simclr_geometric' "
-                             f"(crop, flip, blur: any channel count) or 'nenya'")
+            raise NenyaError(f"augment 'simclr_rgb' jitters colour, which needs {RGB} RGB image channels, but "
+                             f"nchannels is {opt.nchannels} ({image_channels} image channels); use augment "
+                             f"'simclr_geometric' (crop, flip, blur: any channel count) or 'nenya'")
 
     def simclr(self, size) -> SimCLRAugment:
         """The kornia pipeline for images of this size (built once per size)."""
