@@ -2,7 +2,7 @@
 
 Run: python benchmarks/augment.py [--batch 256] [--size 64] [--channels 1] [--crop 56] [--jitter 4] [--noise 0.05]
                                   [--cube-batch 64] [--cube-bands 30] [--cube-size 64] [--cube-crop 32]
-                                  [--repeats 7] [--threads 1]
+                                  [--rgb-batch 64] [--rgb-size 128] [--repeats 7] [--threads 1]
 Images: two views of each of `--batch` images with Nenya's augmentations (rotate, flip, crop-jitter, noise,
 demean) by (1) today's TwoViews(build_augmentation(...)) item by item, (2) the seeded per-sample path
 (SeededTwoViews, what `augment_on: "workers"` runs) item by item, (3) the batched path (two_views on the
@@ -11,8 +11,13 @@ collate would do. Cubes: crop, rot90 and flip of `--cube-batch` cubes, the same 
 alternate after a warm-up; each prints the median wall-clock and process-CPU time over the repeats (on a
 shared machine the CPU time is the steadier measure) and images/s, then the ratio batched / today against
 the target (>= 2x for images; measured when the issue was written: ~9,100 vs ~4,100 images/s per core).
+SimCLR's RGB recipe with kornia (`augment: "simclr_rgb"`): two views of each of `--rgb-batch` RGB images item by
+item (what `augment_on: "workers"` runs) and as one kornia call on the batch (what `augment_on: "device"` runs),
+with the ratio batched / per item.
 On a machine with CUDA the batched paths are also timed on the GPU (draw on the CPU, apply on the GPU).
 """
+
+import types
 
 import argparse
 import statistics
@@ -20,6 +25,7 @@ import time
 
 import torch
 
+from nenya.data.device_augment import ContrastiveViews
 from nenya.data.batch_transforms import (
     CubeAugment,
     ImageAugment,
@@ -125,6 +131,29 @@ def cube_part(args, device=None) -> None:
            median_times(paths, args.repeats, sync=torch.cuda.synchronize), args.cube_batch, "", "", "")
 
 
+def simclr_part(args, device=None) -> None:
+    """Two SimCLR RGB views (kornia) of a batch: item by item (workers) against one call on the batch (device)."""
+    opt = types.SimpleNamespace(augment="simclr_rgb", augment_on="device", seed=0, demean=False, flip=False,
+                                rotate=False, random_cropjitter=None, gauss_noise=0.0, nchannels=3, model="resnet18",
+                                spectral_channels=0)
+    views = ContrastiveViews(opt)
+    images = torch.rand(args.rgb_batch, 3, args.rgb_size, args.rgb_size, generator=torch.Generator().manual_seed(2))
+    title = (f"SimCLR RGB views (kornia) of {args.rgb_batch} x 3 x {args.rgb_size} x {args.rgb_size} images: "
+             f"resized crop, flip, colour jitter, grayscale, blur")
+    batch = (images, torch.zeros(args.rgb_batch), torch.arange(args.rgb_batch))
+    if device is None:
+        per_item = views.per_sample()
+        paths = {"per item (workers): kornia on a batch of one": lambda: torch.stack([per_item(x) for x in images]),
+                 "batched (device): kornia on the batch": lambda: views.of_batch(batch, 1)}
+        report(title, median_times(paths, args.repeats), args.rgb_batch, "batched (device): kornia on the batch",
+               "per item (workers): kornia on a batch of one", "for the record")
+        return
+    on_device = tuple(t.to(device) for t in batch)
+    paths = {"batched on CUDA: kornia on the batch": lambda: views.of_batch(on_device, 1)}
+    report(f"CUDA ({torch.cuda.get_device_name(device)}): {title}",
+           median_times(paths, args.repeats, sync=torch.cuda.synchronize), args.rgb_batch, "", "", "")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=256)
@@ -137,6 +166,8 @@ def main() -> None:
     parser.add_argument("--cube-bands", type=int, default=30)
     parser.add_argument("--cube-size", type=int, default=64)
     parser.add_argument("--cube-crop", type=int, default=32)
+    parser.add_argument("--rgb-batch", type=int, default=64)
+    parser.add_argument("--rgb-size", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -145,10 +176,12 @@ def main() -> None:
           f"paths alternating (the machine may be shared: compare within one run)")
     image_part(args)
     cube_part(args)
+    simclr_part(args)
     if torch.cuda.is_available():
         device = torch.device("cuda")
         image_part(args, device)
         cube_part(args, device)
+        simclr_part(args, device)
     else:
         print("\nCUDA: no GPU here, skipped")
 

@@ -114,6 +114,8 @@ def _coerce(option, value, source: str):
                 pass
         elif isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
             return list(value)
+        elif isinstance(value, int) and not isinstance(value, bool):  # one number: a list of one
+            return [value]
     elif kind in ("float_list_or_auto", "float_or_auto"):  # "auto", or numbers ('1,5,10' or a JSON list)
         if value == "auto":
             return value
@@ -161,9 +163,13 @@ def _check_rules(resolved: dict, source: str) -> None:
         raise NenyaError(f"{source}: option 'random_cropjitter' must be [crop, jitter], got {crop}")
     if crop and crop[0] < 1:
         raise NenyaError(f"{source}: option 'random_cropjitter' is {crop}; the crop must be at least 1 pixel")
-    for key, length in (("betas", 2), ("valid_range", 2), ("patch_size", 2), ("rgb_bands", 3)):
+    mae = resolved["method"] == "mae"
+    if resolved["patch_size"] is None:  # the default depends on the method: MAE's [spatial, spectral], hvit's 16
+        resolved["patch_size"] = [25, 5] if mae else [16]
+    for key, length in (("betas", 2), ("valid_range", 2), ("patch_size", 2 if mae else 1), ("rgb_bands", 3)):
         if resolved[key] is not None and len(resolved[key]) != length:
-            raise NenyaError(f"{source}: option '{key}' must hold {length} numbers, got {resolved[key]}")
+            raise NenyaError(f"{source}: option '{key}' must hold {length} number{'s' * (length > 1)}, got "
+                             f"{resolved[key]}" + (f" (method {resolved['method']})" if key == "patch_size" else ""))
     low_high = resolved["valid_range"]
     if low_high is not None and not low_high[0] < low_high[1]:
         raise NenyaError(f"{source}: option 'valid_range' is {low_high}; it must be [low, high] with low < high")

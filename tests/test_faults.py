@@ -54,7 +54,7 @@ def _value(option, number):
 
 
 def _accepts(option, number) -> bool:
-    method = "mae" if option.methods == ("mae",) else "simclr"
+    method = "mae" if "mae" in option.methods else "simclr"
     try:
         Params({"method": method, "nchannels": 10, option.name: _value(option, number)}, warn_unused=False)
     except NenyaError as err:

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import fails_with, write_images_h5, write_opts
 from nenya.errors import NenyaError
 from nenya.models import build_model
 from nenya.models.heads import EncoderClassifier, LinearClassifier
@@ -350,3 +351,91 @@ def test_encoder_classifier_logits_are_the_linear_map_of_the_encoder_features():
 def test_encoder_classifier_refuses_a_model_without_encode():
     with pytest.raises(NenyaError, match="cannot be fine-tuned with a linear head"):
         EncoderClassifier(nn.Linear(3, 3), num_classes=2)
+
+
+# --- geometry through the options and the CLI ----------------------------------------------------------
+
+def hvit_opts(tmp_path, size=64, channels=3, **values):
+    """An opts file for a SimCLR run of a small hvit (width 24, one block per stage) on random size x size images."""
+    write_images_h5(tmp_path / "rgb.h5", n_train=8, n_valid=4, channels=channels, size=size)
+    base = dict(method="simclr", model="hvit", nchannels=channels, images_file="rgb.h5", data_folder=str(tmp_path),
+                model_root=str(tmp_path / "models"), batch_size_train=4, batch_size_valid=4, feat_dim=8,
+                embed_dim=24, depths=[1, 1, 1, 1], patch_size=4, window_size=4, epochs=1, knn_k=2)
+    return write_opts(tmp_path / "opts.json", **{**base, **values})
+
+
+def test_224_with_patch_16_and_window_7_is_one_error_line_from_the_command_line(tmp_path, capsys):
+    opts = hvit_opts(tmp_path)
+    fails_with(capsys, [opts, "img_size=224", "patch_size=16", "window_size=7", "--dry-run"],
+               "hvit: img_size 224x224", "total stride 128", "14 -> 7 -> 3.5", "use patch_size 4",
+               "use img_size 128 (window_size 2, 4, 8) or 256")
+
+
+def test_data_of_a_size_no_stage_fits_is_one_error_line(tmp_path, capsys):
+    opts = hvit_opts(tmp_path, size=48)  # patch 4: total stride 32, 48 is not a multiple
+    fails_with(capsys, [opts, "--dry-run"], "hvit: img_size 48x48 is not divisible by the total stride 32",
+               "use img_size 32 (window_size 2, 4, 8) or 64")
+    fails_with(capsys, [opts, "--dry-run", "patch_size=[4, 5]"], "option 'patch_size' must hold 1 number",
+               "method simclr")
+
+
+def test_img_size_defaults_to_the_data_and_the_options_reach_the_model(tmp_path):
+    from nenya.methods import get_method
+    from nenya.params import get_options
+    opt = get_options(hvit_opts(tmp_path, size=64, channels=5), {"spectral_channels": 2, "attention": "global",
+                                                                  "drop_path_rate": 0.2, "grad_checkpointing": True})
+    method = get_method(opt)
+    method.build_datasets()
+    encoder = method.build_model().encoder
+    assert opt.img_size == 64 and encoder.img_size == (64, 64) and encoder.patch_size == 4
+    assert encoder.windows == [(16, 16), (8, 8), (4, 4), (2, 2)]  # global: each stage's whole grid
+    assert encoder.spectral_channels == 2 and encoder.in_chans == 3 and encoder.grad_checkpointing
+    assert encoder.dim_out == 24 * 8 and len(encoder.stages[0].blocks) == 1
+    assert encoder.stages[-1].blocks[-1].drop_path.p == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("size", [32, 64, 96, 160])
+def test_global_attention_runs_at_every_multiple_of_the_total_stride(size):
+    model = tiny(attention="global", img_size=size, depths=(1, 1, 1, 1)).eval()
+    assert model.encode(torch.randn(1, 3, size, size)).shape == (1, 192)
+
+
+@pytest.mark.parametrize("size, works", [(32, True), (64, True), (96, False), (128, True), (160, False)])
+def test_window_attention_runs_where_every_grid_is_a_multiple_of_its_window(size, works):
+    # patch 4, window 4: grids size/4, /8, /16, /32; each must be a multiple of min(4, grid)
+    grids = [size // 4 // 2 ** s for s in range(4)]
+    assert works == all(g % min(4, g) == 0 for g in grids)
+    if works:
+        assert tiny(img_size=size, depths=(1, 1, 1, 1)).encode(torch.randn(1, 3, size, size)).shape == (1, 192)
+    else:
+        with pytest.raises(NenyaError, match=f"img_size {size}x{size} gives stage"):
+            tiny(img_size=size)
+
+
+def test_every_parameter_of_the_spectral_stream_receives_gradient():
+    torch.manual_seed(0)
+    model = tiny(nchannels=6, spectral_channels=3)
+    model(torch.randn(2, 6, 32, 32)).pow(2).sum().backward()
+    stream = {n: p for n, p in model.encoder.named_parameters() if n.startswith(("fusion.", "spectral_embed."))}
+    assert len(stream) == 22  # embedding conv + norm (4); fusion: three norms (6), q, k, v, proj (8), MLP (4)
+    for name, parameter in stream.items():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+
+
+def test_gradient_checkpointing_gives_the_same_output():
+    torch.manual_seed(0)
+    plain, ckpt = tiny(), tiny(grad_checkpointing=True)
+    ckpt.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    outputs = []
+    for model in (plain, ckpt):
+        torch.manual_seed(1)
+        outputs.append(model.train().encode(x))
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=0)
+
+
+def test_patch_size_defaults_by_method_and_takes_one_number_for_hvit():
+    from nenya.params import Params
+    assert Params({"method": "simclr", "model": "hvit"}).patch_size == [16]
+    assert Params({"method": "mae", "model": "mae_tiny"}).patch_size == [25, 5]
+    assert Params({"method": "simclr", "model": "hvit", "patch_size": 4}).patch_size == [4]

@@ -216,6 +216,8 @@ class CubeSets:
         opt = self.opt
         self.geometry()
         augment = build_cube_augmentation(opt.flip, opt.cube_rot90, opt.cube_crop)
+        if opt.augment_on == "device":  # the method augments each batch on the device (nenya.data.device_augment)
+            augment = None
         return self.prepared(self.open("train"), augment, self.normalizer())
 
     def valid_set(self):

@@ -40,6 +40,24 @@ class Method:
         """The network this method trains."""
         raise NotImplementedError
 
+    def encoder_options(self, image_shape) -> dict:
+        """build_model's geometry keywords of an hvit encoder (none for other models); ``image_shape()``: (C, H, W).
+
+        ``img_size`` defaults to the data's (read only when needed) and is recorded in the options.
+        """
+        opt = self.opt
+        if opt.model != "hvit":
+            return {}
+        size = opt.img_size
+        if size is None:
+            height, width = (int(n) for n in image_shape()[-2:])
+            size = opt.img_size = height if height == width else None
+            size = size or (height, width)
+        return {"img_size": size, "patch_size": opt.patch_size[0], "window_size": opt.window_size,
+                "attention": opt.attention, "drop_path_rate": opt.drop_path_rate,
+                "grad_checkpointing": opt.grad_checkpointing, "spectral_channels": opt.spectral_channels,
+                "embed_dim": opt.embed_dim, "depths": tuple(opt.depths), "num_heads": tuple(opt.num_heads)}
+
     def build_datasets(self):
         """(train dataset, validation dataset or None), each item already prepared for this method."""
         raise NotImplementedError

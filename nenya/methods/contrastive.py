@@ -7,9 +7,9 @@ import torch.nn.functional as F
 
 from nenya import distributed
 from nenya.data.builtin import images_path
+from nenya.data.device_augment import ContrastiveViews
 from nenya.data.hdf5 import HDF5Images, check_channels, check_images
-from nenya.data.transforms import Demean, build_augmentation
-from nenya.data.views import TwoViews
+from nenya.data.transforms import Demean
 from nenya.errors import NenyaError
 from nenya.losses.contrastive import SupConLoss
 from nenya.methods.base import Method
@@ -33,6 +33,7 @@ class SimCLR(Method):
 
     def __init__(self, opt):
         super().__init__(opt)
+        self.views = ContrastiveViews(opt)  # per sample in the workers, or per batch on the device (augment_on)
         self._valid_features = None
 
     def build_criterion(self):
@@ -44,7 +45,9 @@ class SimCLR(Method):
         """SupConResNet (or another registered encoder) with a projection head, and an online linear probe
         (``probe``: a linear head on the detached encoder features) when the training images have labels."""
         opt = self.opt
-        model = build_model(opt.model, nchannels=opt.nchannels, head=opt.head, feat_dim=opt.feat_dim)
+        shape = lambda: HDF5Images(images_path(opt), opt.train_key).image_shape  # noqa: E731
+        model = build_model(opt.model, nchannels=opt.nchannels, head=opt.head, feat_dim=opt.feat_dim,
+                            **self.encoder_options(shape))
         if opt.num_classes is None:
             labels = HDF5Images(images_path(opt), opt.train_key).labels
             opt.num_classes = int(labels.max()) + 1 if labels is not None and len(labels) else None
@@ -58,27 +61,22 @@ class SimCLR(Method):
         check_channels(dataset, self.opt.nchannels)
         return dataset
 
-    def _views(self):
-        opt = self.opt
-        return TwoViews(build_augmentation(flip=opt.flip, rotate=opt.rotate, random_cropjitter=opt.random_cropjitter,
-                                           gauss_noise=opt.gauss_noise, demean=opt.demean))
-
     def _plain(self):
         return Demean() if self.opt.demean else None
 
     def build_datasets(self):
         """Two augmented views of each training (and validation) image, with labels (-1 when none)."""
         opt, path = self.opt, images_path(self.opt)
-        train = self._images(path, opt.train_key, self._views(), "train_key")
+        train = self._images(path, opt.train_key, self.views.transform(), "train_key")
         if self.uses_labels and not train.has_labels:
             raise NenyaError(f"supcon needs labels: {path} has no dataset '{opt.train_key}_labels' "
                              f"(train_key + '_labels')")
-        valid = self._images(path, opt.valid_key, self._views(), "valid_key") if opt.valid_key else None
+        valid = self._images(path, opt.valid_key, self.views.transform(), "valid_key") if opt.valid_key else None
         return train, valid
 
-    def _pairs(self, model, batch):
+    def _pairs(self, model, batch, epoch=0):
         """(SupConLoss of the two views' projections, their encoder features [2B, D]); labels only for SupCon."""
-        views, labels = batch[0], batch[1]  # views [B, 2, C, H, W], labels [B] (-1: none)
+        views, labels = self.views.of_batch(batch, epoch), batch[1]  # views [B, 2, C, H, W], labels [B] (-1: none)
         projections, features = model(views.flatten(0, 1), return_features=True)  # [2B, feat_dim], [2B, D]
         projections = projections.view(*views.shape[:2], -1)  # [B, 2, feat_dim]
         if self.opt.gather_negatives and distributed.initialized():  # negatives from the global batch
@@ -87,11 +85,11 @@ class SimCLR(Method):
 
     def loss(self, model, batch):
         """The contrastive loss; the online probe's cross-entropy on detached features trains on the side."""
-        loss, features = self._pairs(model, batch)
+        loss, features = self._pairs(model, batch, getattr(self, "epoch", 1))
         probe = getattr(unwrap(model), "probe", None)
         if probe is None:
             return loss, {}
-        targets = batch[1].repeat_interleave(batch[0].shape[1])  # [2B], the label of each view
+        targets = batch[1].repeat_interleave(2)  # [2B], the label of each view
         known = targets >= 0
         logits = probe(features.detach().float()[known])
         probe_loss = F.cross_entropy(logits, targets[known]) if known.any() else logits.sum() * 0
@@ -157,7 +155,7 @@ class SimCLR(Method):
         views_path = os.path.join(folder, "augmentations.png")
         if not os.path.exists(views_path):
             path, key = images_path(self.opt), self.opt.train_key
-            plain, views = self._images(path, key, None), self._images(path, key, self._views())
+            plain, views = self._images(path, key, None), self._images(path, key, self.views.per_sample())
             count = min(4, len(plain))
             views_grid([plain[i][0] for i in range(count)], [views[i][0] for i in range(count)], views_path,
                        self.opt.dpi)
@@ -173,7 +171,7 @@ class SimCLR(Method):
 
     def evaluation(self, model, run, dataset, folder):
         """Loss on augmented pairs, retrieval and, with labels, leave-one-out kNN accuracy + PCA plot."""
-        outputs = run(self._images(dataset.path, dataset.key, self._views()), self.eval_step)
+        outputs = run(self._images(dataset.path, dataset.key, self.views.transform()), self.eval_step)
         metrics = super().summarize({"batch_size": outputs["batch_size"], "loss": outputs["loss"]})
         found = run(dataset, self.feature_step, "features")
         metrics["retrieval_top1"] = retrieval_top1(outputs["view_features"], found["features"])

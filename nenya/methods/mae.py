@@ -12,6 +12,7 @@ numbers are comparable between epochs.
 import torch
 
 from nenya.data.cube_sets import CubeSets
+from nenya.data.device_augment import augment_cube_batch
 from nenya.errors import NenyaError
 from nenya.losses.reconstruction import NORM_PIX_EPS, MAESpectralLoss
 from nenya.methods.base import Method
@@ -98,7 +99,7 @@ class MAE(Method):
 
     def loss(self, model, batch):
         """MAESpectralLoss of the predicted patches, and its unweighted parts (``loss_mse``, ...) as extras."""
-        cubes = batch[0]  # [B, C, H, W]
+        cubes = augment_cube_batch(self.opt, batch, getattr(self, "epoch", 1))  # [B, C, H, W], on the device
         noise = None
         if len(batch) > 2:  # items with their index: masks drawn per item from (seed, epoch, index)
             epoch = getattr(self, "epoch", 0)

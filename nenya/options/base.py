@@ -5,6 +5,7 @@ from dataclasses import dataclass
 ALL = ("all",)
 CONTRASTIVE = ("simclr", "supcon")
 MAE = ("mae",)
+ENCODERS = CONTRASTIVE + ("classify",)  # methods that train an image encoder (hvit geometry options)
 
 
 def _number(value) -> str:

@@ -92,6 +92,14 @@ OPTIONS = [
            section="augmentation", minimum=0),
     Option("demean", "bool", False, "subtract each image's mean (also at validation and for latents)", IMAGES,
            section="augmentation"),
+    Option("augment", "str", "nenya", "contrastive views: Nenya's vocabulary (flip, rotate, random_cropjitter, "
+           "gauss_noise, demean; any channel count), SimCLR's RGB recipe with kornia (random resized crop 0.2-1, "
+           "horizontal flip, colour jitter 0.8/0.8/0.8/0.2 with p 0.8, grayscale p 0.2, Gaussian blur p 0.5; 3 "
+           "image channels) or its geometric part (crop, flip, blur; any channel count)", IMAGES,
+           choices=("nenya", "simclr_rgb", "simclr_geometric"), section="augmentation"),
+    Option("augment_on", "str", "workers", "where the random augmentation runs: per sample in the DataLoader "
+           "workers, or per batch on the training device after the transfer (seeded from the seed, the epoch and "
+           "the items' indices either way)", IMAGES + MAE, choices=("workers", "device"), section="augmentation"),
     # monitoring
     Option("valid_freq", "int", 1, "validate every this many epochs (and after the last)",
            section="monitoring", minimum=1),

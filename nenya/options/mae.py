@@ -1,6 +1,6 @@
 """Options of masked autoencoding on hyperspectral cubes: cube data, geometry, loss terms, metrics."""
 
-from nenya.options.base import MAE, Option
+from nenya.options.base import ENCODERS, MAE, Option
 
 OPTIONS = [
     # data
@@ -21,10 +21,11 @@ OPTIONS = [
     Option("cube_crop", "int", None, "random square crop of this size (also the model's image size)", MAE,
            nullable=True, section="augmentation", minimum=1),
     # masked autoencoding
-    Option("img_size", "int", None, "image size the MAE is built for (default: the data's, or cube_crop)", MAE,
+    Option("img_size", "int", None, "image size the model (MAE, hvit) is built for (default: the data's, or "
+           "cube_crop)", MAE + ENCODERS, nullable=True, section="mae", minimum=1),
+    Option("patch_size", "int_list", None, "MAE: [spatial, spectral] patch, pixels per side and bands per patch "
+           "(default [25, 5]); hvit: [pixels per side] or one number (default 16)", MAE + ENCODERS,
            nullable=True, section="mae", minimum=1),
-    Option("patch_size", "int_list", [25, 5], "[spatial, spectral] patch: pixels per side, bands per patch", MAE,
-           section="mae", minimum=1),
     Option("mask_ratio", "float", 0.8, "fraction of patches hidden from the encoder", MAE,
            section="mae", minimum=0, maximum=1, exclusive_maximum=True),
     Option("decoder_embed_dim", "int", None, "decoder width (default: the size's)", MAE, nullable=True,
@@ -32,8 +33,8 @@ OPTIONS = [
     Option("decoder_depth", "int", None, "decoder layers (default: 8)", MAE, nullable=True, section="mae", minimum=1),
     Option("decoder_num_heads", "int", None, "decoder heads (default: the size's)", MAE, nullable=True,
            section="mae", minimum=1),
-    Option("grad_checkpointing", "bool", False, "recompute transformer blocks in backward to save memory", MAE,
-           section="mae"),
+    Option("grad_checkpointing", "bool", False, "recompute transformer blocks in backward to save memory (MAE, "
+           "hvit)", MAE + ENCODERS, section="mae"),
     Option("norm_pix_loss", "bool", False, "MSE against per-patch normalised targets", MAE, section="mae"),
     Option("loss_masked_only", "bool", True, "reconstruction loss on masked patches only (false: every patch)",
            MAE, section="mae"),
