@@ -6,17 +6,10 @@ name -> Option. ``ALIASES`` are other names accepted as written (the original Ne
 accepts with a warning and ignores.
 """
 
-<<<<<<< HEAD
-from nenya.options import contrastive, general, mae, segment
+from nenya.options import contrastive, general, hvit, mae, segment
 from nenya.options.base import ALL, Option  # noqa: F401  (re-exported)
 
-OPTIONS: list[Option] = [*general.OPTIONS, *contrastive.OPTIONS, *mae.OPTIONS, *segment.OPTIONS]
-=======
-from nenya.options import contrastive, general, hvit, mae
-from nenya.options.base import ALL, Option  # noqa: F401  (re-exported)
-
-OPTIONS: list[Option] = [*general.OPTIONS, *contrastive.OPTIONS, *mae.OPTIONS, *hvit.OPTIONS]
->>>>>>> hvit-pretrain
+OPTIONS: list[Option] = [*general.OPTIONS, *contrastive.OPTIONS, *mae.OPTIONS, *hvit.OPTIONS, *segment.OPTIONS]
 SCHEMA: dict[str, Option] = {option.name: option for option in OPTIONS}
 ALIASES = {"ssl_method": "method", "ssl_model": "model", "cube_flip": "flip"}
 LEGACY_KEYS = general.LEGACY_KEYS
