@@ -23,6 +23,7 @@ TYPE_NAMES = {
     "int_list": "list of int",
     "float_list": "list of float",
     "str_list": "list of string",
+    "experiments": "list of objects",
 }
 
 INTRO = """\

@@ -31,8 +31,12 @@ def training_plots(folder: str, dpi: int = 100) -> str:
         axes[1].plot(valid["epoch"], valid["loss_valid"], "s-", label="valid")
     axes[1].set(title="loss per epoch", xlabel="epoch", ylabel="loss")
     axes[1].legend()
-    axes[2].plot(train["epoch"], train["lr"], "o-")
-    axes[2].set(title="learning rate", xlabel="epoch", ylabel="lr")
+    if "lr_step_train" in train:
+        axes[2].plot(train["lr_step_train"], lw=1.0)
+        axes[2].set(title="learning rate", xlabel="step", ylabel="lr")
+    else:
+        axes[2].plot(train["epoch"], train["lr"], "o-")
+        axes[2].set(title="learning rate", xlabel="epoch", ylabel="lr")
     for axis, name in zip(axes[3:], metric_names):
         axis.plot(valid["epoch"], valid[name], "o-")
         axis.set(title=name.removesuffix("_valid"), xlabel="epoch (0 = at initialisation)")
