@@ -227,8 +227,10 @@ def dry_run(opts_path: str, sweep: str, chosen: list, overrides: dict, folder: s
         say(f"{name}: {status} in {where}; changes {shown}")
         rows.append({"name": name, "status": status, "message": "", "folder": where})
     if bad:
+        first = next(row["message"] for row in rows if row["status"] == "invalid")
         raise NenyaError(f"{opts_path}: {len(bad)} of {len(chosen)} experiments have invalid options "
-                         f"({', '.join(bad)}); the reasons are printed above")
+                         f"({', '.join(bad)}); {bad[0]}: {first}" + ("; the others are printed above"
+                                                                     if len(bad) > 1 else ""))
     return rows
 
 
