@@ -38,7 +38,9 @@ def sweep_summary(rows: list[dict], path: str, dpi: int = 100) -> str:
     bars.invert_yaxis()
     for index, (row, value) in enumerate(zip(rows, values)):
         text = f" {value:.4g} (epoch {row['best_epoch']})" if value is not None else f" {row['status']}"
-        bars.text(heights[index], index, text, va="center", fontsize=8)
+        bars.text(heights[index], index, text, va="center", fontsize=8,
+                  color="tab:red" if row["status"] == "failed" else "black")
+    bars.set_xlim(right=max(heights + [1e-12]) * 1.4)  # room for the labels
     bars.set(title="best " + " / ".join(monitors) if monitors else "best value", xlabel=", ".join(monitors))
     for row in rows:
         curve = _curve(row.get("folder", ""), row.get("monitor"))
