@@ -11,6 +11,7 @@ import nenya.train
 from conftest import fails_with, write_images_h5, write_opts
 from nenya.registry import METHODS
 from nenya.sweep import cli as sweep_cli
+from nenya.sweep import experiment_overrides
 from nenya.sweep import main as sweep_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -129,3 +130,9 @@ def test_rosette_sweep_file_dry_runs(capsys):
     assert [r["name"] for r in rows] == ["baseline_test", "baseline_full", "higher_lr", "larger_batch",
                                          "no_augmentation"]
     assert all(r["status"] in ("would train", "would skip (finished)") for r in rows)
+
+
+def test_options_apply_shared_then_the_experiment_then_the_command_line():
+    changes = experiment_overrides("grid", {"name": "a", "description": "d", "epochs": 2, "learning_rate": 0.1},
+                                   {"epochs": 1})
+    assert changes == {"epochs": 1, "learning_rate": 0.1, "experiments": None, "model_name": "grid/a"}
