@@ -225,3 +225,14 @@ def test_cosine_and_plateau_exclude_each_other_and_ranges_are_checked(tmp_path, 
 def test_nenya_train_refuses_a_sweep_file_with_a_hint(tmp_path, capsys):
     opts = write_opts(tmp_path / "s.json", experiments=[{"name": "a"}])
     fails_with(capsys, [opts], "'experiments'", "python -m nenya.sweep")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 autocast with its gradient scaler needs a CUDA GPU")
+def test_fp16_training_with_clipping_records_the_unscaled_norm_on_cuda(tiny_run):
+    opts, folder = tiny_run
+    train_main(opts, overrides={"epochs": 1, "amp": "fp16", "clip_grad_norm": 1.0}, verbose=False)
+    with h5py.File(folder / "losses_train.h5") as handle:
+        norms = handle["grad_norm_train"][:]
+    finite = norms[np.isfinite(norms)]
+    # a norm of the scaled gradient would be about 65536 times larger (the scaler's first scale)
+    assert finite.size and (finite < 1e4).all()
