@@ -25,6 +25,7 @@ TYPE_NAMES = {
     "str_list": "list of string",
     "float_list_or_auto": "list of float or \"auto\"",
     "float_or_auto": "float or \"auto\"",
+    "experiments": "list of objects",
 }
 
 INTRO = """\

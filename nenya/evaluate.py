@@ -17,7 +17,7 @@ import torch
 
 from nenya.errors import NenyaError, run_cli
 from nenya.io.atomic import write_json
-from nenya.io.checkpoints import load_checkpoint, load_model_state
+from nenya.io.checkpoints import inference_weights, load_checkpoint, load_model_state
 from nenya.io.run_folder import read_run_options
 from nenya.methods import get_method
 from nenya.params import Params, option_preprocess, parse_overrides
@@ -51,7 +51,7 @@ def load_run(folder: str, checkpoint: str = "best", overrides: dict | None = Non
     path = checkpoint_file(folder, checkpoint, warn=True)
     method = get_method(opt)
     model = method.build_model()
-    load_model_state(model, load_checkpoint(path)["model"], path)
+    load_model_state(model, inference_weights(load_checkpoint(path)), path)
     return opt, method, model.eval()
 
 

@@ -134,7 +134,27 @@ def _coerce(option, value, source: str):
     elif kind == "float_list":
         if isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
             return [_finite(option, float(v), where) for v in value]
+    elif kind == "experiments":
+        return _experiments(value, where)
     raise NenyaError(f"{where} must be {kind}, got {json.dumps(value)} ({type(value).__name__})")
+
+
+def _experiments(value, where: str) -> list:
+    """A sweep's experiments: a list of objects, each with a unique ``name``; a NenyaError otherwise."""
+    if not isinstance(value, list) or not value:
+        raise NenyaError(f"{where} must be a non-empty list of objects like {{\"name\": \"baseline\", "
+                         f"\"description\": \"...\", \"epochs\": 10}}, got {json.dumps(value)}")
+    names = []
+    for number, experiment in enumerate(value, start=1):
+        name = experiment.get("name") if isinstance(experiment, dict) else None
+        if not isinstance(name, str) or not name or not all(c.isalnum() or c in "-_." for c in name) \
+                or name.startswith("."):
+            raise NenyaError(f"{where}: experiment {number} needs a \"name\" made of letters, digits, '-', '_' "
+                             f"or '.' (it names the experiment's run folder), got {json.dumps(experiment)}")
+        if name in names:
+            raise NenyaError(f"{where}: two experiments are named '{name}'; give each a different name")
+        names.append(name)
+    return [dict(experiment) for experiment in value]
 
 
 def _finite(option, value: float, where: str) -> float:
@@ -173,6 +193,10 @@ def _check_rules(resolved: dict, source: str) -> None:
     low_high = resolved["valid_range"]
     if low_high is not None and not low_high[0] < low_high[1]:
         raise NenyaError(f"{source}: option 'valid_range' is {low_high}; it must be [low, high] with low < high")
+    if resolved["schedule"] == "plateau" and resolved["cosine"]:
+        raise NenyaError(f"{source}: options 'cosine' (true) and 'schedule' (\"plateau\") exclude each other: "
+                         f"the plateau schedule sets the rate from the validation metric; set cosine to false "
+                         f"or choose schedule \"epoch\"")
     bands = resolved["rgb_bands"]
     if bands is not None and resolved["method"] == "mae" and max(bands) >= resolved["nchannels"]:
         raise NenyaError(f"{source}: option 'rgb_bands' is {bands}; band indices must be below "

@@ -9,7 +9,7 @@ import sys
 import torch
 
 from nenya import distributed
-from nenya.errors import run_cli
+from nenya.errors import NenyaError, run_cli
 from nenya.io.run_folder import check_run_folder, clear_unfinished_run, make_run_folder, open_log
 from nenya.methods import get_method
 from nenya.params import get_options, parse_overrides, run_dir
@@ -55,6 +55,9 @@ def main(opts_path: str, overrides: dict | None = None, debug: bool = False, res
         overrides.setdefault("debug", True)
     distributed.init(use_cuda=overrides.get("cuda_use", True) is not False)  # under torchrun: join the group
     opt = get_options(opts_path, overrides)
+    if opt.experiments is not None:
+        raise NenyaError(f"{opts_path}: option 'experiments' lists the experiments of a sweep, which nenya.train "
+                         f"does not run; run them with: python -m nenya.sweep {opts_path} (--only NAME for one)")
     seed_everything(opt.seed)
     if opt.deterministic:
         torch.use_deterministic_algorithms(True)

@@ -22,11 +22,15 @@ from nenya import distributed
 from nenya.data.hdf5 import collate
 from nenya.errors import NenyaError, Terminated, WriteFailed
 from nenya.io import curves
+from nenya.gradients import optimizer_step
 from nenya.io.checkpoints import checkpoint_state, restore_training_state, save_checkpoint
 from nenya.io.tracking import Tracking
 from nenya.io.run_folder import repair_checkpoints, write_metrics, write_options
 from nenya.methods import get_method
 from nenya.models import unwrap
+from nenya.models.ema import ModelEMA
+from nenya.schedules import make_plateau, plateau_epoch_rate, plateau_step
+from nenya.stopping import EarlyStopping
 
 
 class AverageMeter:
@@ -73,8 +77,15 @@ def set_learning_rate(optimizer, lr: float) -> None:
 
 
 def adjust_learning_rate(opt, optimizer, epoch: int) -> float:
-    """Apply the per-epoch schedule at the start of ``epoch`` (epochs count from 1) and return the rate."""
-    if opt.schedule == "iter_cosine":
+    """Apply the per-epoch schedule at the start of ``epoch`` (epochs count from 1) and return the rate.
+
+    The plateau schedule keeps the rate its scheduler set, except at epoch 1 and right after the warm-up.
+    """
+    if opt.schedule == "plateau":
+        lr = plateau_epoch_rate(opt, epoch)
+        if lr is None:
+            return optimizer.param_groups[0]["lr"]
+    elif opt.schedule == "iter_cosine":
         lr = iteration_learning_rate(opt, epoch, 0, 1)
     else:
         lr = epoch_learning_rate(opt, epoch)
@@ -341,11 +352,17 @@ def make_scaler(opt, device: torch.device) -> torch.amp.GradScaler:
 
 
 class EpochResult(tuple):
-    """``(loss, losses_step, losses_avg)`` as Nenya's train_model returned them; ``extras`` and ``steps`` too."""
+    """``(loss, losses_step, losses_avg)`` as Nenya's train_model returned them; ``extras`` and ``steps`` too.
 
-    def __new__(cls, loss: float, losses_step: np.ndarray, losses_avg: np.ndarray, extras: dict):
+    ``per_step``: series with one value per batch (``lr_step``); ``per_update``: one value per optimizer
+    step (``grad_norm``, the norm before clipping, when clip_grad_norm is set).
+    """
+
+    def __new__(cls, loss: float, losses_step: np.ndarray, losses_avg: np.ndarray, extras: dict,
+                per_step: dict | None = None, per_update: dict | None = None):
         result = super().__new__(cls, (loss, losses_step, losses_avg))
         result.extras, result.steps = extras, int(losses_step.size)
+        result.per_step, result.per_update = per_step or {}, per_update or {}
         return result
 
     @property
@@ -416,12 +433,13 @@ def as_method(criterion, opt):
 
 def train_model(train_loader, model, criterion, optimizer, epoch: int, opt, cuda_use: bool | None = None,
                 update_model: bool = True, *, device=None, scaler=None, log=None, writer=None,
-                first_step: int = 0) -> EpochResult:
+                first_step: int = 0, ema: ModelEMA | None = None) -> EpochResult:
     """Train one epoch; return (mean loss, per-step losses, their running mean), Nenya's train_model.
 
     ``criterion`` is the method's loss (Nenya's SupConLoss for SimCLR / SupCon) or a Method. With
     ``update_model=False`` (Nenya's validation call) the epoch runs in eval mode under no_grad and
-    the optimizer (which may be None) is not used.
+    the optimizer (which may be None) is not used. ``ema``: averaged after every optimizer step that
+    the fp16 scaler did not skip.
     """
     method = as_method(criterion, opt)
     method.epoch = epoch  # per-sample draws of the method (MAE masks) are seeded by (seed, epoch, item)
@@ -437,11 +455,13 @@ def train_model(train_loader, model, criterion, optimizer, epoch: int, opt, cuda
     total = len(train_loader)
     start = time.time()
     skipped = 0  # optimizer steps the fp16 gradient scaler skipped (inf/NaN gradients; the loss was finite)
+    rates, norms, norm = [], [], None  # the rate of every batch; the gradient norm of every optimizer step
     progress = tqdm(train_loader, desc=f"epoch {epoch}/{opt.epochs}", leave=False,
                     disable=None if distributed.is_main() else True)
     for batch_id, batch in enumerate(progress):
         batch = to_device(batch, device)
         step_learning_rate(opt, epoch, batch_id, total, optimizer)
+        rates.append(optimizer.param_groups[0]["lr"])
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             loss, scalars = method.loss(model, batch)
         check_finite_loss(loss, batch, epoch, batch_id, total, opt, optimizer.param_groups[0]["lr"])
@@ -449,22 +469,27 @@ def train_model(train_loader, model, criterion, optimizer, epoch: int, opt, cuda
         objective = loss + scalars.pop("aux_loss", 0.0)  # side heads (an online probe) train, unreported
         scaler.scale(objective / accumulate if accumulate > 1 else objective).backward()
         if (batch_id + 1) % accumulate == 0 or batch_id + 1 == total:
-            scale = scaler.get_scale() if scaler.is_enabled() else None
-            scaler.step(optimizer)
-            scaler.update()
-            skipped += int(scale is not None and scaler.get_scale() < scale)  # the scale drops when it skips
-            optimizer.zero_grad(set_to_none=True)
+            norm, skip = optimizer_step(optimizer, scaler, opt.clip_grad_norm)
+            skipped += int(skip)
+            if norm is not None:
+                norms.append(norm)
+            if ema is not None and not skip:
+                ema.update(unwrap(model))
         step_losses.append(loss.detach())
         for name, value in scalars.items():
             extras.setdefault(name, AverageMeter()).update(as_float(value))
         if (batch_id + 1) % opt.print_freq == 0 or batch_id + 1 == total:
             value = loss.item()
             progress.set_postfix(loss=f"{value:.4f}")
+            norm_text = f" grad_norm {norm.item():.4g}" if norm is not None else ""
             if writer is not None:
                 writer.add_scalar("loss_step/train", value, first_step + batch_id + 1)
+                writer.add_scalar("lr_step", rates[-1], first_step + batch_id + 1)
+                if norm is not None:
+                    writer.add_scalar("grad_norm_step/train", norm.item(), first_step + batch_id + 1)
             if log is not None:
                 log(f"train: [{epoch}][{batch_id + 1}/{total}] loss {value:.4f} "
-                    f"lr {optimizer.param_groups[0]['lr']:.5g} time {time.time() - start:.1f}s")
+                    f"lr {rates[-1]:.5g}{norm_text} time {time.time() - start:.1f}s")
     steps = torch.stack(step_losses).float().cpu().numpy().astype(np.float64) if step_losses else np.zeros(0)
     losses = AverageMeter()
     for value in steps:
@@ -473,7 +498,9 @@ def train_model(train_loader, model, criterion, optimizer, epoch: int, opt, cuda
     means = {name: meter.avg for name, meter in extras.items()}
     if scaler.is_enabled():
         means["skipped_steps"] = float(skipped)
-    return EpochResult(losses.avg, steps, running, means)
+    per_update = {"grad_norm": torch.stack(norms).float().cpu().numpy().astype(np.float64)} if norms else {}
+    return EpochResult(losses.avg, steps, running, means, {"lr_step": np.asarray(rates, dtype=np.float64)},
+                       per_update)
 
 
 def _loss_pass(loader, model, method, device, opt) -> EpochResult:
@@ -614,7 +641,7 @@ def across_processes(result: EpochResult) -> EpochResult:
     extras = distributed.all_reduce_sum(torch.tensor([result.extras[n] for n in names], dtype=torch.float64)) / world
     running = np.cumsum(steps) / np.arange(1, steps.size + 1)
     return EpochResult(float(steps.mean()) if steps.size else 0.0, steps, running,
-                       dict(zip(names, extras.tolist())))
+                       dict(zip(names, extras.tolist())), result.per_step, result.per_update)
 
 
 class _NoWriter:
@@ -627,10 +654,19 @@ class _NoWriter:
 class Run:
     """The pieces of one training run that the epoch driver works with."""
 
-    def __init__(self, opt, method, model, optimizer, scaler, device, train_loader, valid_loader, folder, log):
+    def __init__(self, opt, method, model, optimizer, scaler, device, train_loader, valid_loader, folder, log,
+                 ema: ModelEMA | None = None):
         self.opt, self.method, self.model, self.optimizer, self.scaler = opt, method, model, optimizer, scaler
         self.device, self.train_loader, self.valid_loader = device, train_loader, valid_loader
         self.folder, self.log = folder, log
+        self.ema = ema if ema is not None else make_ema(opt, model)
+
+
+def make_ema(opt, model: nn.Module) -> ModelEMA | None:
+    """The EMA of the bare model's weights and buffers when ``ema_decay`` is set, else None."""
+    if opt.ema_decay is None:
+        return None
+    return ModelEMA(unwrap(model), decay=opt.ema_decay, warmup=opt.ema_warmup)
 
 
 def fit(run: Run, resume: bool = False, resume_hint: str = "") -> dict:
@@ -658,10 +694,15 @@ def _fit(run: Run, resume: bool) -> dict:
     monitor = monitor_of(opt, method)
     train_h5, valid_h5 = os.path.join(folder, "losses_train.h5"), os.path.join(folder, "losses_valid.h5")
     start_epoch, step, best, init_metrics = 1, 0, {"metric": monitor[0], "value": None, "epoch": None}, {}
+    watched = monitor if run.valid_loader is not None else ("loss_train", "min")  # plateau and early stopping
+    scheduler, ema = make_plateau(opt, optimizer, watched[1]), run.ema
+    stopping = EarlyStopping(opt.early_stopping_patience, opt.min_delta, watched[1])
+    evaluated = ema.module if ema is not None else model  # validation and figures use the EMA weights when on
     if resume:
         path = os.path.join(folder, "last.pth")
         state = restore_training_state(path, model, optimizer, run.scaler, opt.optimizer,
-                                       steps_per_epoch=len(run.train_loader))
+                                       steps_per_epoch=len(run.train_loader), scheduler=scheduler, ema=ema,
+                                       stopping=stopping)
         start_epoch, step = state["epoch"] + 1, state["step"]
         best, init_metrics = state.get("best") or best, state.get("init_metrics") or {}
         if main:
@@ -676,10 +717,13 @@ def _fit(run: Run, resume: bool) -> dict:
     processes = f", {opt.world_size} processes, global batch {opt.global_batch_size}" if opt.world_size > 1 else ""
     log(f"training {opt.method} / {opt.model} on {run.device}{processes} "
         f"({sum(p.numel() for p in model.parameters()):,} parameters) into {folder}")
+    last_epoch = start_epoch - 1
+    if stopping.stopped_epoch is not None:
+        log(f"this run ended by {stopping.reason(watched[0])}; nothing left to train")
 
     try:
         if start_epoch == 1 and run.valid_loader is not None:
-            init_metrics = validate(run.valid_loader, model, method, run.device, opt)["metrics"]
+            init_metrics = validate(run.valid_loader, evaluated, method, run.device, opt)["metrics"]
             check_finite_validation(init_metrics, run.valid_loader, 0, opt)
             if main:
                 curves.append_epoch(valid_h5, 0, {f"{k}_valid": v for k, v in init_metrics.items()})
@@ -689,6 +733,8 @@ def _fit(run: Run, resume: bool) -> dict:
         if resume:  # what metrics.json reports, also when the run had finished all its epochs
             last_valid, last_train_loss = state.get("final") or last_valid, state.get("train_loss")
         for epoch in range(start_epoch, opt.epochs + 1):
+            if stopping.stopped_epoch is not None:
+                break
             seed = epoch_seed(opt.seed, epoch)
             seed_everything(seed)
             run.train_loader.generator.manual_seed(seed)
@@ -697,23 +743,25 @@ def _fit(run: Run, resume: bool) -> dict:
             adjust_learning_rate(opt, optimizer, epoch)
             result = across_processes(train_model(run.train_loader, model, method, optimizer, epoch, opt,
                                                   device=run.device, scaler=run.scaler, log=log,
-                                                  writer=writer if main else None, first_step=step))
+                                                  writer=writer if main else None, first_step=step, ema=ema))
             step += result.steps
             lr = optimizer.param_groups[0]["lr"]
             last_train_loss = result.loss
             scalars = {"loss_train": result.loss, "lr": lr, **{f"{k}_train": v for k, v in result.extras.items()}}
             if main:
                 curves.append_epoch(train_h5, epoch, scalars,
-                                    {"loss_step_train": result[1], "loss_avg_train": result[2]})
+                                    {"loss_step_train": result[1], "loss_avg_train": result[2],
+                                     **{f"{k}_train": v for k, v in result.per_step.items()}},
+                                    {f"{k}_train": v for k, v in result.per_update.items()})
             writer.add_scalar("loss/train", result.loss, epoch)
             writer.add_scalar("lr", lr, epoch)
             summary = f"epoch {epoch}/{opt.epochs}: train loss {result.loss:.4f}, lr {lr:.5g}"
             if result.extras.get("skipped_steps"):
                 summary += f", {result.extras['skipped_steps']:.0f} steps skipped by the fp16 gradient scaler"
 
-            improved = False
+            improved, watched_value = False, None
             if run.valid_loader is not None and (epoch % opt.valid_freq == 0 or epoch == opt.epochs):
-                valid = validate(run.valid_loader, model, method, run.device, opt)
+                valid = validate(run.valid_loader, evaluated, method, run.device, opt)
                 last_valid = valid["metrics"]
                 check_finite_validation(last_valid, run.valid_loader, epoch, opt)
                 if main:
@@ -722,16 +770,22 @@ def _fit(run: Run, resume: bool) -> dict:
                 for name, value in last_valid.items():
                     writer.add_scalar(f"{name}/valid", value, epoch)
                 summary += ", valid " + ", ".join(f"{k} {v:.4f}" for k, v in last_valid.items())
-                value = last_valid.get(monitor[0])
+                value = watched_value = last_valid.get(monitor[0])
                 if value is not None and is_better(value, best["value"], monitor[1]):
                     best, improved = {"metric": monitor[0], "value": value, "epoch": epoch}, True
                 if main:
-                    method.figures(model, run.device, os.path.join(folder, "figures"), epoch)
-            elif run.valid_loader is None and is_better(result.loss, best["value"], "min"):
-                best, improved = {"metric": "loss_train", "value": result.loss, "epoch": epoch}, True
+                    method.figures(evaluated, run.device, os.path.join(folder, "figures"), epoch)
+            elif run.valid_loader is None:
+                watched_value = result.loss
+                if is_better(result.loss, best["value"], "min"):
+                    best, improved = {"metric": "loss_train", "value": result.loss, "epoch": epoch}, True
+            if watched_value is not None:
+                plateau_step(scheduler, opt, epoch, watched_value)
+                if stopping.update(watched_value, epoch):
+                    summary += f"; {stopping.reason(watched[0])}"
 
             state = checkpoint_state(model, optimizer, run.scaler, epoch, step, opt, best, init_metrics, last_valid,
-                                     last_train_loss)
+                                     last_train_loss, scheduler=scheduler, ema=ema, stopping=stopping)
             if main:
                 save_checkpoint(os.path.join(folder, "last.pth"), state)
                 if improved:
@@ -740,6 +794,7 @@ def _fit(run: Run, resume: bool) -> dict:
                     save_checkpoint(os.path.join(folder, f"ckpt_epoch_{epoch}.pth"), state)
             log(summary)
             writer.flush()
+            last_epoch = epoch
     finally:
         writer.close()
     if main and os.path.isfile(train_h5):
@@ -747,8 +802,10 @@ def _fit(run: Run, resume: bool) -> dict:
         training_plots(folder, opt.dpi)
         writer.artifacts()
         writer.close(finished=True)
+    stopped = stopping.reason(watched[0]) if stopping.stopped_epoch is not None else None
     metrics = write_metrics(folder, opt.method, monitor, best, init_metrics, last_valid, last_train_loss,
-                            opt.epochs, method.describe(), write=main)
+                            stopping.stopped_epoch or last_epoch,
+                            method.describe(), write=main, stopped_early=stopped)
     distributed.barrier()
     log(f"done: best {best['metric']} {best['value']} at epoch {best['epoch']}; files in {folder}")
     return metrics

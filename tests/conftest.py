@@ -148,6 +148,8 @@ def assert_resume_is_bit_exact(opts, root, monkeypatch, stop_epoch, batch=None, 
     for index, state in a["optimizer"]["state"].items():
         for name, value in state.items():
             assert torch.equal(value, b["optimizer"]["state"][index][name])
+    for key in ("scheduler", "ema", "early_stopping"):  # plateau counters, EMA weights and buffers, early stopping
+        tensors_equal(a.get(key), b.get(key), key)
     assert torch.equal(a["rng"]["torch"], b["rng"]["torch"]) and a["rng"]["python"] == b["rng"]["python"]
     assert torch.equal(a["rng"]["numpy"]["key"], b["rng"]["numpy"]["key"])
     assert (a["step"], a["epoch"], a["best"], a["init_metrics"]) == (b["step"], b["epoch"], b["best"],
@@ -159,6 +161,7 @@ def assert_resume_is_bit_exact(opts, root, monkeypatch, stop_epoch, batch=None, 
         assert best_a["epoch"] == best_b["epoch"]
         for key in best_a["model"]:
             assert torch.equal(best_a["model"][key], best_b["model"][key]), key
+        tensors_equal(best_a.get("ema"), best_b.get("ema"), "best.pth:ema")
     for name in ("losses_train.h5", "losses_valid.h5"):
         with h5py.File(root / "whole" / name) as x, h5py.File(root / "split" / name) as y:
             assert sorted(x) == sorted(y)

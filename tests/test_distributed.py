@@ -6,6 +6,8 @@ import socket
 import subprocess
 import sys
 
+import h5py
+import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -112,6 +114,21 @@ def test_mae_two_processes_of_batch_b_end_like_one_process_of_batch_2b(tmp_path)
         torch.testing.assert_close(two[key], one[key], rtol=1e-3, atol=2e-5, msg=key)
     for name, value in single["final"].items():
         assert both[0]["final"][name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
+
+
+def test_ema_and_clipping_under_two_processes_end_like_one_process(ssl_opts, tmp_path):
+    """The EMA is of the unwrapped model (no DDP 'module.' in its names) and clips the all-reduced gradient."""
+    extra = {"ema_decay": 0.8, "clip_grad_norm": 0.05}
+    train_main(ssl_opts, overrides={"batch_size_train": 16, "model_name": "one", **extra}, verbose=False)
+    train_in_processes(ssl_opts, {"batch_size_train": 8, "model_name": "two", **extra})
+    one = torch.load(tmp_path / "models/one/last.pth", weights_only=True)
+    two = torch.load(tmp_path / "models/two/last.pth", weights_only=True)
+    assert set(one["ema"]) == set(two["ema"]) and not any(k.startswith("module.module.") for k in two["ema"])
+    for key in one["ema"]:
+        torch.testing.assert_close(two["ema"][key], one["ema"][key], rtol=1e-4, atol=1e-6, msg=key)
+    with h5py.File(tmp_path / "models/one/losses_train.h5") as x, h5py.File(tmp_path / "models/two/losses_train.h5") as y:
+        assert (x["grad_norm_train"][:] > 0.05).all()  # the clip acted at every step
+        np.testing.assert_allclose(y["grad_norm_train"][:], x["grad_norm_train"][:], rtol=1e-4)
 
 
 def test_only_the_first_process_writes(ssl_opts, tmp_path):

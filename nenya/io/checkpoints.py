@@ -89,20 +89,33 @@ def load_model_state(model: torch.nn.Module, state_dict: dict, path: str) -> Non
 
 
 def checkpoint_state(model, optimizer, scaler, epoch: int, step: int, opt, best: dict, init_metrics: dict,
-                     final: dict | None = None, train_loss: float | None = None) -> dict:
+                     final: dict | None = None, train_loss: float | None = None, *, scheduler=None, ema=None,
+                     stopping=None) -> dict:
     """Everything a resumed run needs, as tensors and plain values (the bare model, not its wrapper).
 
-    ``final`` and ``train_loss``: the latest validation metrics and training loss, for metrics.json.
+    ``final`` and ``train_loss``: the latest validation metrics and training loss, for metrics.json;
+    ``scheduler`` (plateau), ``ema`` (a ModelEMA) and ``stopping`` (EarlyStopping): their state_dicts.
     """
     bare = getattr(model, "module", model)
-    return {"model": bare.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": {},
-            "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None, "ema": None,
+    return {"model": bare.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else {},
+            "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
+            "ema": ema.state_dict() if ema is not None else None,
+            "early_stopping": stopping.state_dict() if stopping is not None else None,
             "epoch": epoch, "step": step, "best": best, "init_metrics": init_metrics, "rng": rng_state(),
             "opts": opt.to_dict(), "final": final, "train_loss": train_loss}
 
 
+def inference_weights(state: dict) -> dict:
+    """The weights a checkpoint is evaluated with: the EMA's when it holds one, else ``model``."""
+    ema = state.get("ema")
+    if not ema:
+        return state["model"]
+    return {key.removeprefix("module."): value for key, value in ema.items() if key.startswith("module.")}
+
+
 def restore_training_state(path: str, model, optimizer, scaler, optimizer_name: str,
-                           steps_per_epoch: int) -> dict:
+                           steps_per_epoch: int, *, scheduler=None, ema=None, stopping=None) -> dict:
     """Load model, optimizer, scaler and RNG states from the checkpoint at ``path``; return the checkpoint.
 
     A checkpoint written by ``nenya.util.save_model`` (model, optimizer, epoch) resumes too: its step
@@ -121,6 +134,15 @@ def restore_training_state(path: str, model, optimizer, scaler, optimizer_name: 
                          f"'{optimizer_name}' ({err})") from None
     if state.get("scaler") and scaler is not None and scaler.is_enabled():
         scaler.load_state_dict(state["scaler"])
+    if scheduler is not None and state.get("scheduler"):
+        scheduler.load_state_dict(state["scheduler"])
+    if ema is not None:
+        if not state.get("ema"):
+            raise NenyaError(f"checkpoint {path} holds no EMA of the weights but ema_decay is set; resume it with "
+                             f"the options it was trained with")
+        load_model_state(ema, state["ema"], path)
+    if stopping is not None and state.get("early_stopping"):
+        stopping.load_state_dict(state["early_stopping"])
     if state.get("rng") is not None:
         set_rng_state(state["rng"])
     state.setdefault("step", state["epoch"] * steps_per_epoch)

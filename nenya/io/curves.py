@@ -14,7 +14,8 @@ import numpy as np
 from nenya.io.atomic import atomic_path
 
 EPOCH_INDEX = "epoch"  # per-epoch rows: the epoch of each row
-STEP_INDEX = "step_epoch"  # per-step rows: the epoch each step belongs to
+STEP_INDEX = "step_epoch"  # per-step rows (one per training batch): the epoch each step belongs to
+UPDATE_INDEX = "update_epoch"  # per-update rows (one per optimizer step): the epoch each update belongs to
 
 
 def _append(handle, name: str, values, kind: str) -> None:
@@ -39,23 +40,27 @@ def _edited(path: str):
             yield handle
 
 
-def append_epoch(path: str, epoch: int, scalars: dict, steps: dict | None = None) -> None:
-    """Append one epoch: a row per scalar (``loss_train``, ``knn_acc_valid``, …) and the per-step series."""
+def append_epoch(path: str, epoch: int, scalars: dict, steps: dict | None = None,
+                 updates: dict | None = None) -> None:
+    """Append one epoch: a row per scalar (``loss_train``, ``knn_acc_valid``, …), the per-step series (one value
+    per batch: ``loss_step_train``, ``lr_step_train``) and the per-update series (one value per optimizer
+    step: ``grad_norm_train``)."""
     with _edited(path) as handle:
         _append(handle, EPOCH_INDEX, [epoch], "epoch")
         for name, value in scalars.items():
             _append(handle, name, [value], "epoch")
-        if steps:
-            count = len(next(iter(steps.values())))
-            _append(handle, STEP_INDEX, [epoch] * count, "step")
-            for name, values in steps.items():
-                _append(handle, name, values, "step")
+        for series, index, kind in ((steps, STEP_INDEX, "step"), (updates, UPDATE_INDEX, "update")):
+            if series:
+                count = len(next(iter(series.values())))
+                _append(handle, index, [epoch] * count, kind)
+                for name, values in series.items():
+                    _append(handle, name, values, kind)
 
 
 def _rows_to_keep(handle, epoch: int) -> dict:
     """Dataset name -> rows written up to ``epoch``."""
     keep = {}
-    for kind, index in (("epoch", EPOCH_INDEX), ("step", STEP_INDEX)):
+    for kind, index in (("epoch", EPOCH_INDEX), ("step", STEP_INDEX), ("update", UPDATE_INDEX)):
         keep[kind] = int(np.sum(handle[index][:] <= epoch)) if index in handle else 0
     return {name: min(handle[name].shape[0], keep[handle[name].attrs["kind"]]) for name in handle}
 

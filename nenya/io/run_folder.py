@@ -193,11 +193,14 @@ def open_log(folder: str | None, verbose: bool = True):
 
 
 def write_metrics(folder, method_name, monitor, best, init_metrics, last_valid, last_train_loss, epoch,
-                  about: dict | None = None, write: bool = True) -> dict:
+                  about: dict | None = None, write: bool = True, stopped_early: str | None = None) -> dict:
     """metrics.json (written unless ``write`` is off): metrics at initialisation, at the last validation, and
-    the best by the monitored metric."""
+    the best by the monitored metric; ``stopped_early``: why early stopping ended the run (absent when it ran
+    all its epochs)."""
     metrics = {"method": method_name, "epochs_completed": epoch, "monitor": monitor[0], "mode": monitor[1],
                "best": best, "init": init_metrics, "final": last_valid, "train_loss_final": last_train_loss}
+    if stopped_early:
+        metrics["stopped_early"] = stopped_early
     if about:
         metrics["about"] = about
     if write:

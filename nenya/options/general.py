@@ -54,7 +54,24 @@ OPTIONS = [
            section="optimisation", minimum=0),
     Option("schedule", "str", "epoch",
            "learning-rate schedule: Nenya's per-epoch cosine/step (+ warm), or per-iteration linear warm-up over "
-           "warm_epochs then cosine to lr_min (MAE)", choices=("epoch", "iter_cosine"), section="optimisation"),
+           "warm_epochs then cosine to lr_min (MAE), or plateau: learning_rate (after any warm-up) multiplied by "
+           "plateau_factor whenever the monitored validation value stops improving (ReduceLROnPlateau)",
+           choices=("epoch", "iter_cosine", "plateau"), section="optimisation"),
+    Option("plateau_factor", "float", 0.1, "schedule plateau: factor of each reduction of the rate",
+           section="optimisation", minimum=0, maximum=1, exclusive_minimum=True, exclusive_maximum=True),
+    Option("plateau_patience", "int", 10, "schedule plateau: validations without improvement before the rate is "
+           "reduced", section="optimisation", minimum=0),
+    Option("plateau_min_lr", "float", 0.0, "schedule plateau: the rate is never reduced below this",
+           section="optimisation", minimum=0),
+    Option("clip_grad_norm", "float", None, "clip the global gradient norm to this before each optimizer step "
+           "(after gradient accumulation, on the unscaled gradient under fp16); the norm before clipping is logged "
+           "per step (null: off)", nullable=True, section="optimisation", minimum=0, exclusive_minimum=True),
+    Option("ema_decay", "float", None, "exponential moving average of the weights and buffers, updated after every "
+           "optimizer step, with this decay (warmed up as min(decay, (1 + n) / (10 + n)) at update n); validation, "
+           "best.pth and nenya.evaluate use the averaged weights (null: off)", nullable=True,
+           section="optimisation", minimum=0, maximum=1, exclusive_maximum=True),
+    Option("ema_warmup", "bool", True, "warm the EMA decay up as min(ema_decay, (1 + n) / (10 + n)); false: "
+           "ema_decay from the first update", section="optimisation"),
     Option("blr", "float", None, "base rate: when set, learning_rate = blr * global batch / 256 (batch_size_train "
            "x accumulate_grad_batches x processes)", nullable=True,
            section="optimisation", minimum=0, exclusive_minimum=True),
@@ -110,6 +127,11 @@ OPTIONS = [
            "direction (min or max) is the one the method declares", nullable=True, section="monitoring"),
     Option("debug", "bool", False, "print the first batch's shapes and value ranges, the model's output shape and "
            "the loss parts (--debug also sets num_workers 0 and print_freq 1)", section="monitoring"),
+    Option("early_stopping_patience", "int", None, "stop when the monitored metric has not improved by more than "
+           "min_delta for this many epochs (checked at each validation; null: off)", nullable=True,
+           section="monitoring", minimum=1),
+    Option("min_delta", "float", 0.0, "early stopping: the least change of the monitored metric that counts as an "
+           "improvement", section="monitoring", minimum=0),
     Option("dpi", "int", 100, "resolution of PNG figures", section="monitoring", minimum=1, maximum=1000),
     # run
     Option("model_root", "str", "models", "folder of run folders", section="run"),
@@ -130,6 +152,9 @@ OPTIONS = [
            "(pip install -e .[mlflow])", choices=("tensorboard", "mlflow"), section="run"),
     Option("mlflow_uri", "str", None, "MLflow tracking URI (default: a local mlruns/ folder beside model_root; "
            "sqlite:///mlflow.db works too)", nullable=True, section="run"),
+    Option("experiments", "experiments", None, "a sweep's experiments: a list of objects, each with a name, a "
+           "description and the options it changes; run by python -m nenya.sweep (nenya.train refuses a file "
+           "that holds them)", nullable=True, section="run"),
     Option("experiment_name", "str", None, "MLflow experiment (default: the method's name)", nullable=True,
            section="run"),
 ]

@@ -1,4 +1,4 @@
-"""training_plots.png: loss per step and per epoch, learning rate and every validation metric."""
+"""training_plots.png: loss per step and per epoch, learning rate, gradient norm and every validation metric."""
 
 import os
 
@@ -15,7 +15,8 @@ def training_plots(folder: str, dpi: int = 100) -> str:
     valid = read_curves(valid_path) if os.path.isfile(valid_path) else {}
     metric_names = sorted(name for name in valid if name.endswith("_valid") and name not in
                           ("loss_valid", "loss_step_valid", "loss_avg_valid"))
-    panels = 3 + len(metric_names)
+    norms = "grad_norm_train" in train  # clip_grad_norm on: the norm before clipping of every optimizer step
+    panels = 3 + norms + len(metric_names)
     columns = min(panels, 4)
     rows = -(-panels // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.4 * rows), squeeze=False)
@@ -31,9 +32,16 @@ def training_plots(folder: str, dpi: int = 100) -> str:
         axes[1].plot(valid["epoch"], valid["loss_valid"], "s-", label="valid")
     axes[1].set(title="loss per epoch", xlabel="epoch", ylabel="loss")
     axes[1].legend()
-    axes[2].plot(train["epoch"], train["lr"], "o-")
-    axes[2].set(title="learning rate", xlabel="epoch", ylabel="lr")
-    for axis, name in zip(axes[3:], metric_names):
+    if "lr_step_train" in train:
+        axes[2].plot(train["lr_step_train"], lw=1.0)
+        axes[2].set(title="learning rate", xlabel="step", ylabel="lr")
+    else:
+        axes[2].plot(train["epoch"], train["lr"], "o-")
+        axes[2].set(title="learning rate", xlabel="epoch", ylabel="lr")
+    if norms:
+        axes[3].plot(train["grad_norm_train"], lw=0.8)
+        axes[3].set(title="gradient norm before clipping", xlabel="optimizer step", ylabel="norm")
+    for axis, name in zip(axes[3 + norms:], metric_names):
         axis.plot(valid["epoch"], valid[name], "o-")
         axis.set(title=name.removesuffix("_valid"), xlabel="epoch (0 = at initialisation)")
     fig.tight_layout()
