@@ -22,6 +22,7 @@ TYPE_NAMES = {
     "str": "string",
     "int_list": "list of int",
     "float_list": "list of float",
+    "float_list_or_auto": "list of float or \"auto\"",
     "str_list": "list of string",
 }
 

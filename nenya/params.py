@@ -114,10 +114,13 @@ def _coerce(option, value, source: str):
                 pass
         elif isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
             return list(value)
-    elif kind == "float_list":
+    elif kind == "float_list_or_auto" and value == "auto":
+        return value
+    if kind in ("float_list", "float_list_or_auto"):
         if isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
             return [_finite(option, float(v), where) for v in value]
-    raise NenyaError(f"{where} must be {kind}, got {json.dumps(value)} ({type(value).__name__})")
+    expected = 'a list of numbers or "auto"' if kind == "float_list_or_auto" else kind
+    raise NenyaError(f"{where} must be {expected}, got {json.dumps(value)} ({type(value).__name__})")
 
 
 def _finite(option, value: float, where: str) -> float:
@@ -130,7 +133,7 @@ def _finite(option, value: float, where: str) -> float:
 
 def check_range(option, value, source: str) -> None:
     """A NenyaError unless ``value`` (every element of a list) lies in the option's declared range."""
-    if value is None or not option.numeric:
+    if value is None or not option.numeric or isinstance(value, str):
         return
     for number in value if isinstance(value, list) else [value]:
         if not option.in_range(number):

@@ -79,6 +79,59 @@ def write_textures_h5(path, size=16, zoom=2, n_train=100, n_valid=25, valid_frac
     return write_h5(os.fspath(path), arrays, attrs)
 
 
+PHOTO_CLASSES = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "china", "flower")
+
+
+def photo(name: str) -> np.ndarray:
+    """One colour picture shipped with scikit-image (or scikit-learn: china, flower) as float32 [H, W, 3] in [0, 1]."""
+    if name in ("china", "flower"):
+        from sklearn.datasets import load_sample_image
+
+        image = load_sample_image(f"{name}.jpg")
+    else:
+        import skimage.data
+
+        image = getattr(skimage.data, name)()
+    return np.asarray(image[..., :3], dtype=np.float32) / 255.0
+
+
+@register_builtin("photos")
+def write_photos_h5(path, size=32, zoom=2, n_train=80, n_valid=30, valid_fraction=0.3, seed=0):
+    """Write RGB patches of 7 colour pictures scikit-image and scikit-learn ship (label: the picture).
+
+    Each picture is shrunk by ``zoom`` (block mean); training patches come from its left part and
+    validation patches from its right ``valid_fraction``, a half patch apart, so no validation patch
+    overlaps a training one. Images [N, 3, size, size] in [0, 1]; ``class_names`` in the file's attributes.
+    """
+    from skimage.transform import downscale_local_mean
+
+    rng = np.random.default_rng(seed)
+    parts = {"train": ([], []), "valid": ([], [])}
+    for label, name in enumerate(PHOTO_CLASSES):
+        image = photo(name)
+        height, width = (image.shape[0] // zoom) * zoom, (image.shape[1] // zoom) * zoom
+        image = downscale_local_mean(image[:height, :width], (zoom, zoom, 1))  # [H, W, 3]
+        height, width = image.shape[:2]
+        cut = int(round(width * (1 - valid_fraction)))
+        for split, count, (start, stop) in (("train", n_train, (0, cut - size // 2)),
+                                            ("valid", n_valid, (cut + size // 2, width))):
+            tops = rng.integers(0, height - size + 1, count)
+            lefts = rng.integers(start, stop - size + 1, count)
+            for top, left in zip(tops, lefts):
+                parts[split][0].append(image[top:top + size, left:left + size].transpose(2, 0, 1))
+                parts[split][1].append(label)
+    arrays = {}
+    for split, (images, labels) in parts.items():
+        arrays[split] = np.asarray(images, np.float32)  # [N, 3, size, size]
+        arrays[f"{split}_labels"] = np.asarray(labels, np.int64)
+    attrs = {"source": "skimage.data and sklearn.datasets.load_sample_image: " + ", ".join(PHOTO_CLASSES),
+             "n_classes": len(PHOTO_CLASSES), "class_names": ",".join(PHOTO_CLASSES),
+             "description": f"{size}x{size} RGB patches of each picture shrunk {zoom}x; label = picture; "
+                            f"validation patches from the right {valid_fraction:.0%} of each picture",
+             "seed": int(seed)}
+    return write_h5(os.fspath(path), arrays, attrs)
+
+
 def resolve_builtin(images_file, data_folder):
     """Return the local file for a "builtin:<name>" images_file (made on first use), or None otherwise."""
     if not images_file.startswith(PREFIX):

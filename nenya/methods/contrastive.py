@@ -15,7 +15,7 @@ from nenya.losses.contrastive import SupConLoss
 from nenya.methods.base import Method
 from nenya.metrics.knn import knn_accuracy
 from nenya.metrics.probe import feature_metrics, retrieval_top1
-from nenya.models import build_model, unwrap
+from nenya.models import build_model, encoder_options, unwrap
 from nenya.models.heads import LinearClassifier
 from nenya.plots.embedding import embedding_scatter, views_grid
 from nenya.registry import register_method
@@ -44,9 +44,11 @@ class SimCLR(Method):
         """SupConResNet (or another registered encoder) with a projection head, and an online linear probe
         (``probe``: a linear head on the detached encoder features) when the training images have labels."""
         opt = self.opt
-        model = build_model(opt.model, nchannels=opt.nchannels, head=opt.head, feat_dim=opt.feat_dim)
+        train = HDF5Images(images_path(opt), opt.train_key, key_option="train_key")
+        model = build_model(opt.model, nchannels=opt.nchannels, head=opt.head, feat_dim=opt.feat_dim,
+                            **encoder_options(opt, train.image_shape[-1]))
         if opt.num_classes is None:
-            labels = HDF5Images(images_path(opt), opt.train_key).labels
+            labels = train.labels
             opt.num_classes = int(labels.max()) + 1 if labels is not None and len(labels) else None
         if opt.num_classes:
             model.probe = LinearClassifier(model.dim_in, opt.num_classes)

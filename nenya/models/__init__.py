@@ -25,3 +25,14 @@ def unwrap(model: nn.Module) -> nn.Module:
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     """The number of parameters of ``model`` (only those with requires_grad when ``trainable_only``)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def encoder_options(opt, img_size) -> dict:
+    """The keyword arguments of ``opt.model``'s builder beyond nchannels: the HViT geometry for "hvit" (built for
+    images of ``img_size`` pixels), none for the ResNets."""
+    if opt.model != "hvit":
+        return {}
+    return {"img_size": img_size, "patch_size": opt.hvit_patch_size, "embed_dim": opt.embed_dim,
+            "depths": tuple(opt.depths), "num_heads": tuple(opt.num_heads), "window_size": opt.window_size,
+            "attention": opt.attention, "drop_path_rate": opt.drop_path_rate,
+            "spectral_channels": opt.spectral_channels}
