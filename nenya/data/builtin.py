@@ -96,28 +96,31 @@ def photo(name: str) -> np.ndarray:
 
 
 @register_builtin("photos")
-def write_photos_h5(path, size=32, zoom=2, n_train=80, n_valid=30, valid_fraction=0.3, seed=0):
+def write_photos_h5(path, size=32, zoom=2, n_train=80, n_valid=30, seed=0):
     """Write RGB patches of 7 colour pictures scikit-image and scikit-learn ship (label: the picture).
 
-    Each picture is shrunk by ``zoom`` (block mean); training patches come from its left part and
-    validation patches from its right ``valid_fraction``, a half patch apart, so no validation patch
-    overlaps a training one. Images [N, 3, size, size] in [0, 1]; ``class_names`` in the file's attributes.
+    Each picture is shrunk by ``zoom`` (block mean) and cut into a checkerboard of 2 x ``size`` blocks:
+    training patches lie inside the "white" blocks and validation patches inside the "black" ones, so no
+    validation pixel is ever seen in training, while both come from every part of the picture. Images
+    [N, 3, size, size] in [0, 1]; ``class_names`` in the file's attributes.
     """
     from skimage.transform import downscale_local_mean
 
     rng = np.random.default_rng(seed)
+    block = 2 * size
     parts = {"train": ([], []), "valid": ([], [])}
     for label, name in enumerate(PHOTO_CLASSES):
         image = photo(name)
         height, width = (image.shape[0] // zoom) * zoom, (image.shape[1] // zoom) * zoom
         image = downscale_local_mean(image[:height, :width], (zoom, zoom, 1))  # [H, W, 3]
-        height, width = image.shape[:2]
-        cut = int(round(width * (1 - valid_fraction)))
-        for split, count, (start, stop) in (("train", n_train, (0, cut - size // 2)),
-                                            ("valid", n_valid, (cut + size // 2, width))):
-            tops = rng.integers(0, height - size + 1, count)
-            lefts = rng.integers(start, stop - size + 1, count)
-            for top, left in zip(tops, lefts):
+        rows, columns = image.shape[0] // block, image.shape[1] // block
+        cells = [(r, c) for r in range(rows) for c in range(columns)]
+        for split, count, parity in (("train", n_train, 0), ("valid", n_valid, 1)):
+            mine = [cell for cell in cells if (cell[0] + cell[1]) % 2 == parity]
+            picks = rng.integers(0, len(mine), count)
+            offsets = rng.integers(0, block - size + 1, (count, 2))
+            for pick, (dy, dx) in zip(picks, offsets):
+                top, left = mine[pick][0] * block + dy, mine[pick][1] * block + dx
                 parts[split][0].append(image[top:top + size, left:left + size].transpose(2, 0, 1))
                 parts[split][1].append(label)
     arrays = {}
@@ -126,8 +129,8 @@ def write_photos_h5(path, size=32, zoom=2, n_train=80, n_valid=30, valid_fractio
         arrays[f"{split}_labels"] = np.asarray(labels, np.int64)
     attrs = {"source": "skimage.data and sklearn.datasets.load_sample_image: " + ", ".join(PHOTO_CLASSES),
              "n_classes": len(PHOTO_CLASSES), "class_names": ",".join(PHOTO_CLASSES),
-             "description": f"{size}x{size} RGB patches of each picture shrunk {zoom}x; label = picture; "
-                            f"validation patches from the right {valid_fraction:.0%} of each picture",
+             "description": f"{size}x{size} RGB patches of each picture shrunk {zoom}x; label = picture; training "
+                            f"and validation patches from alternate {block}x{block} blocks (a checkerboard)",
              "seed": int(seed)}
     return write_h5(os.fspath(path), arrays, attrs)
 

@@ -7,8 +7,8 @@
       rust/     c.tif  d.npy ...
 
 Classes are the subfolders in sorted order (label k = k-th name). Files are read with Pillow (PNG, JPEG,
-TIFF; every page of a multi-page TIFF is one more channel, for extra bands) or numpy (``.npy``: [H, W],
-[H, W, C] with C <= 4, or [C, H, W]). Integer pixels are divided by their type's maximum (255 for 8-bit,
+TIFF; every page of a multi-page TIFF is one more channel, for extra bands) or numpy (``.npy``: [H, W], [C, H, W],
+or [H, W, C] when C <= 4 is the smallest axis). Integer pixels are divided by their type's maximum (255 for 8-bit,
 65535 for 16-bit) so values lie in [0, 1]; float pixels are kept. Every image must have the same
 channels and size as the first one (resize them beforehand). Items are (image float32 [C, H, W],
 label, index), as the HDF5 data sets give them.
@@ -64,7 +64,7 @@ def read_image(path: str) -> np.ndarray:
     try:
         if path.lower().endswith(".npy"):
             array = np.load(path, allow_pickle=False)
-            if array.ndim == 3 and array.shape[-1] <= 4 < array.shape[0]:  # [H, W, C] -> [C, H, W]
+            if array.ndim == 3 and array.shape[-1] <= 4 and array.shape[-1] < min(array.shape[:2]):  # [H, W, C]
                 array = array.transpose(2, 0, 1)
         else:
             from PIL import Image, ImageSequence
