@@ -151,6 +151,40 @@ def test_tta_is_the_mean_softmax_over_the_image_and_its_flips():
     assert not torch.allclose(tta_probabilities(model, images), model(images).softmax(-1))
 
 
+def method_and_model(opts, **overrides):
+    from nenya.methods import get_method
+    from nenya.params import get_options
+    method = get_method(get_options(opts, overrides))
+    return method, method.build_model()
+
+
+def test_eval_step_gives_tta_probabilities_when_tta_is_on(tmp_path):
+    opts = classify_opts(tmp_path)
+    images, labels = torch.rand(4, 3, 8, 8), torch.tensor([0, 1, 2, 0])
+    for tta in (True, False):
+        method, model = method_and_model(opts, tta=tta)
+        model.eval()
+        with torch.no_grad():
+            out = method.eval_step(model, [images, labels, torch.arange(4)], torch.arange(4))
+            expected = tta_probabilities(model, images) if tta else model(images).softmax(-1)
+        torch.testing.assert_close(out["probabilities"], expected)
+        assert torch.equal(out["labels"], labels) and out["loss"].dim() == 0
+
+
+def test_a_batch_draws_its_augmentation_and_mixing_from_its_seed_epoch_and_items_only(tmp_path):
+    opts = classify_opts(tmp_path, augment_preset="aggressive", mixup_alpha=0.4, cutmix_alpha=1.0)
+    method, model = method_and_model(opts)
+    method.epoch = 1
+    batch = [torch.rand(8, 3, 8, 8), torch.randint(0, 3, (8,)), torch.arange(8)]
+    losses = []
+    for other in (1, 2):
+        torch.manual_seed(other)  # whatever else drew from the training generator before
+        losses.append(method.loss(model, batch)[0])
+    assert torch.equal(losses[0], losses[1])
+    method.epoch = 2
+    assert not torch.equal(method.loss(model, batch)[0], losses[0])
+
+
 def test_validation_metrics_come_from_the_gathered_predictions_and_tta_changes_them(tmp_path):
     from sklearn.metrics import accuracy_score, f1_score
     opts = classify_opts(tmp_path, epochs=1, tta=True, model_name="t")
