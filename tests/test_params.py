@@ -58,7 +58,7 @@ def test_unknown_key_suggests_the_right_one():
 @pytest.mark.parametrize("key, value, expected", [("epochs", "ten", "must be int"), ("cosine", 1, "must be bool"),
                                                    ("learning_rate", "fast", "must be float"),
                                                    ("random_cropjitter", [4.5, 1], "must be int_list"),
-                                                   ("ssl_method", "BYOL", "allowed: mae, simclr, supcon"),
+                                                   ("ssl_method", "BYOL", "allowed: classify, mae, simclr, supcon"),
                                                    ("head", "deep", "allowed: mlp, linear"),
                                                    ("epochs", 0, "at least 1")])
 def test_wrong_values_name_the_key(key, value, expected):
