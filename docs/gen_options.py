@@ -22,7 +22,7 @@ TYPE_NAMES = {
     "str": "string",
     "int_list": "list of int",
     "float_list": "list of float",
-    "float_list_or_auto": "list of float or \"auto\"",
+    "auto_or_float_list": "list of float or \"auto\"",
     "str_list": "list of string",
 }
 
@@ -94,7 +94,7 @@ def format_range(option) -> str:
     if text and option.type.endswith("_list"):
         text = f"each {text}"
     parts = [part for part in (text, option.rule) if part]
-    if option.type in ("float", "float_list"):
+    if option.type in ("float", "float_list", "auto_or_float_list"):
         parts.append("finite")
     return _escape("; ".join(parts))
 

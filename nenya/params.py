@@ -114,12 +114,12 @@ def _coerce(option, value, source: str):
                 pass
         elif isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
             return list(value)
-    elif kind == "float_list_or_auto" and value == "auto":
+    elif kind == "auto_or_float_list" and value == "auto":
         return value
-    if kind in ("float_list", "float_list_or_auto"):
+    if kind in ("float_list", "auto_or_float_list"):
         if isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
             return [_finite(option, float(v), where) for v in value]
-    expected = 'a list of numbers or "auto"' if kind == "float_list_or_auto" else kind
+    expected = 'a list of numbers or "auto"' if kind == "auto_or_float_list" else kind
     raise NenyaError(f"{where} must be {expected}, got {json.dumps(value)} ({type(value).__name__})")
 
 

@@ -1,6 +1,7 @@
 """The classify method: init_from, freezing, seeded presets, TTA, resume, its metrics and its bad inputs."""
 
 import json
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -249,3 +250,17 @@ def test_any_encoder_fine_tunes_and_logs_its_metrics(tmp_path):
     assert {"loss", "acc", "macro_f1", "balanced_acc", "recall_0", "recall_1", "recall_2"} <= set(final)
     options = json.loads((tmp_path / "models" / "r" / "opts.json").read_text())
     assert options["num_classes"] == 3
+
+
+def test_the_full_size_finetune_opts_dry_run_and_print_the_parameter_count(tmp_path, capsys):
+    from conftest import write_images_h5
+    write_images_h5(tmp_path / "leaf.h5", n_train=7, n_valid=7, channels=3, size=256)
+    with h5py.File(tmp_path / "leaf.h5", "a") as handle:
+        for key in ("train", "valid"):
+            del handle[f"{key}_labels"]
+            handle[f"{key}_labels"] = np.arange(7)
+    opts = str(Path(__file__).resolve().parents[1] / "opts" / "hvit_finetune.json")
+    result = train_main(opts, {"data_folder": str(tmp_path), "images_file": "leaf.h5",
+                                                    "init_from": None, "num_workers": 0}, dry=True)
+    assert result["parameters"] == 27_578_545  # 27,573,162 in the encoder + 768 x 7 + 7 in the head
+    assert "model hvit: 27,578,545 parameters" in capsys.readouterr().err

@@ -21,7 +21,7 @@ class Option:
     """
 
     name: str
-    type: str  # int, float, bool, str, int_list, float_list, float_list_or_auto (a list or "auto")
+    type: str  # int, float, bool, str, int_list, float_list, auto_or_float_list (a list or "auto")
     default: object
     help: str
     methods: tuple = ALL
@@ -42,7 +42,7 @@ class Option:
     @property
     def numeric(self) -> bool:
         """Whether values (or list elements) are numbers."""
-        return self.type in ("int", "float", "int_list", "float_list", "float_list_or_auto")
+        return self.type in ("int", "float", "int_list", "float_list", "auto_or_float_list")
 
     def in_range(self, number) -> bool:
         """Whether one number (a value, or one element of a list value) lies in the declared range."""

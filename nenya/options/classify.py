@@ -23,7 +23,7 @@ OPTIONS = [
            section="classify", minimum=0),
     Option("label_smoothing", "float", 0.0, "label smoothing eps of the cross-entropy (targets (1 - eps) t + "
            "eps / K)", CLASSIFY, section="classify", minimum=0, maximum=1, exclusive_maximum=True),
-    Option("class_weights", "float_list_or_auto", None, "per-class loss weights: a list of num_classes numbers, "
+    Option("class_weights", "auto_or_float_list", None, "per-class loss weights: a list of num_classes numbers, "
            "or \"auto\" (N / (K * count_k) from the training labels); null: none", CLASSIFY, nullable=True,
            section="classify", minimum=0, exclusive_minimum=True),
     Option("mixup_alpha", "float", 0.0, "MixUp: lam ~ Beta(alpha, alpha), a Beta parameter (0: off)", CLASSIFY,
