@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from nenya.data.builtin import PREFIX, resolve_builtin
 from nenya.errors import NenyaError
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy")
@@ -121,3 +122,17 @@ class ImageFolder(Dataset):
                              f"first image has {list(self.image_shape)}; every image must have the same channels "
                              f"and size")
         return torch.from_numpy(image), torch.tensor(int(self._labels[index])), torch.tensor(index)
+
+
+def data_path(opt) -> str:
+    """The images the options name: a built-in set, an HDF5 file or an image folder under data_folder."""
+    if not opt.images_file:
+        raise NenyaError("option 'images_file' is required for classify: an HDF5 file with {key}_labels, a folder "
+                         "of class subfolders (under data_folder), or builtin:photos")
+    if opt.images_file.startswith(PREFIX):
+        return resolve_builtin(opt.images_file, opt.data_folder)
+    path = os.path.join(opt.data_folder, opt.images_file)
+    if not os.path.exists(path):
+        raise NenyaError(f"images_file {path} does not exist (option 'images_file' under data_folder "
+                         f"'{opt.data_folder}'): give an HDF5 file or a folder with one subfolder per class")
+    return path

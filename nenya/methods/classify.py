@@ -13,8 +13,8 @@ import os
 import h5py
 import torch
 
-from nenya.data.builtin import PREFIX, resolve_builtin
-from nenya.data.folders import ImageFolder
+from nenya import distributed
+from nenya.data.folders import ImageFolder, data_path
 from nenya.data.hdf5 import HDF5Images, check_channels, check_images
 from nenya.data.mixing import Mixer
 from nenya.data.presets import batch_generator, build_preset, check_preset_size
@@ -28,20 +28,6 @@ from nenya.models.heads import EncoderClassifier
 from nenya.models.tta import tta_probabilities
 from nenya.plots.classification import confusion_figure
 from nenya.registry import register_method
-
-
-def data_path(opt) -> str:
-    """The images the options name: a built-in set, an HDF5 file or an image folder under data_folder."""
-    if not opt.images_file:
-        raise NenyaError("option 'images_file' is required for classify: an HDF5 file with {key}_labels, a folder "
-                         "of class subfolders (under data_folder), or builtin:photos")
-    if opt.images_file.startswith(PREFIX):
-        return resolve_builtin(opt.images_file, opt.data_folder)
-    path = os.path.join(opt.data_folder, opt.images_file)
-    if not os.path.exists(path):
-        raise NenyaError(f"images_file {path} does not exist (option 'images_file' under data_folder "
-                         f"'{opt.data_folder}'): give an HDF5 file or a folder with one subfolder per class")
-    return path
 
 
 @register_method("classify")
@@ -58,17 +44,25 @@ class Classify(Method):
         self.class_names = None
         train, valid = self._data()
         labels = [train.labels] + ([valid.labels] if valid is not None else [])
+        if opt.freeze_encoder_epochs and distributed.initialized():
+            raise NenyaError("option 'freeze_encoder_epochs' is not supported under torchrun yet (the frozen encoder's "
+                             "parameters get no gradient, which DistributedDataParallel refuses); set it to 0 or train "
+                             "the frozen epochs in one process")
+        if not len(train):
+            raise NenyaError(f"the training data {getattr(train, 'path', '')} hold 0 images; give a train_key (or a "
+                             f"folder) that holds images")
         if opt.num_classes is None:  # counted once and recorded in opts.json
             opt.num_classes = int(max(int(part.max()) for part in labels if len(part))) + 1
         for part, what in zip(labels, ("training", "validation")):
             if len(part) and part.max() >= opt.num_classes:
                 raise NenyaError(f"the {what} labels reach {int(part.max())} but num_classes is {opt.num_classes}; "
                                  f"raise num_classes or leave it null to count the classes")
-        self.class_names = self.class_names or [str(k) for k in range(opt.num_classes)]
+        if self.class_names is None or len(self.class_names) != opt.num_classes:
+            self.class_names = [str(k) for k in range(opt.num_classes)]
         super().__init__(opt)
         self.mixer = Mixer(opt.num_classes, opt.mixup_alpha, opt.cutmix_alpha, opt.mixup_prob, opt.mixup_switch_prob)
-        self.pipeline = build_preset(opt.augment_preset, train.image_shape[1:], opt.nchannels)
         check_preset_size(opt.augment_preset, train.image_shape[1:])
+        self.pipeline = build_preset(opt.augment_preset, train.image_shape[1:], opt.nchannels)
 
     @classmethod
     def direction(cls, metric):
