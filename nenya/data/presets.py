@@ -32,7 +32,7 @@ from nenya.errors import NenyaError
 PRESETS = ("none", "light", "moderate", "aggressive")
 
 def build_preset(name: str, size: tuple[int, int], channels: int) -> nn.Module | None:
-    """The kornia pipeline of preset ``name`` for images [B, channels, *size]; None for "none"."""
+    """The kornia pipeline of preset ``name`` for images [B, channels, H, W] of ``size`` (H, W); None for "none"."""
     import kornia.augmentation as K
 
     if name not in PRESETS:
