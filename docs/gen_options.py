@@ -96,7 +96,7 @@ def format_range(option) -> str:
     if text and option.type.endswith("_list"):
         text = f"each {text}"
     parts = [part for part in (text, option.rule) if part]
-    if option.type in ("float", "float_list"):
+    if option.type in ("float", "float_list", "float_list_or_auto", "float_or_auto"):
         parts.append("finite")
     return _escape("; ".join(parts))
 

@@ -50,6 +50,7 @@ def load_run(folder: str, checkpoint: str = "best", overrides: dict | None = Non
     opt = option_preprocess(Params(options, source_name=os.path.join(folder, "opts.json"), warn_unused=False))
     path = checkpoint_file(folder, checkpoint, warn=True)
     method = get_method(opt)
+    method.load_init = False  # init_from only starts training; the run's own checkpoint is loaded next
     model = method.build_model()
     load_model_state(model, inference_weights(load_checkpoint(path)), path)
     return opt, method, model.eval()

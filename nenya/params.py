@@ -13,6 +13,7 @@ import nenya.methods  # noqa: F401  (registers every method family, so method na
 from nenya import distributed
 from nenya.errors import NenyaError
 from nenya.options import ALIASES, LEGACY_KEYS, OPTIONS, SCHEMA  # noqa: F401  (OPTIONS re-exported)
+from nenya.options.supervised import DEFAULT_LOSS, LOSSES
 from nenya.registry import METHODS, did_you_mean
 
 
@@ -136,7 +137,8 @@ def _coerce(option, value, source: str):
             return [_finite(option, float(v), where) for v in value]
     elif kind == "experiments":
         return _experiments(value, where)
-    raise NenyaError(f"{where} must be {kind}, got {json.dumps(value)} ({type(value).__name__})")
+    expected = {"float_list_or_auto": 'a list of numbers or "auto"', "float_or_auto": 'a number or "auto"'}.get(kind, kind)
+    raise NenyaError(f"{where} must be {expected}, got {json.dumps(value)} ({type(value).__name__})")
 
 
 def _experiments(value, where: str) -> list:
@@ -167,7 +169,7 @@ def _finite(option, value: float, where: str) -> float:
 
 def check_range(option, value, source: str) -> None:
     """A NenyaError unless ``value`` (every element of a list) lies in the option's declared range."""
-    if value is None or not option.numeric:
+    if value is None or not option.numeric or isinstance(value, str):
         return
     for number in value if isinstance(value, list) else [value]:
         if not option.in_range(number):
@@ -183,7 +185,13 @@ def _check_rules(resolved: dict, source: str) -> None:
         raise NenyaError(f"{source}: option 'random_cropjitter' must be [crop, jitter], got {crop}")
     if crop and crop[0] < 1:
         raise NenyaError(f"{source}: option 'random_cropjitter' is {crop}; the crop must be at least 1 pixel")
-    mae = resolved["method"] == "mae"
+    method = resolved["method"]
+    if method in LOSSES:  # segment and classify share the loss option, each with its own losses
+        resolved["loss"] = resolved["loss"] or DEFAULT_LOSS[method]
+        if resolved["loss"] not in LOSSES[method]:
+            raise NenyaError(f"{source}: option 'loss' is \"{resolved['loss']}\", which method '{method}' does not "
+                             f"have; allowed: {', '.join(LOSSES[method])}")
+    mae = method == "mae"
     if resolved["patch_size"] is None:  # the default depends on the method: MAE's [spatial, spectral], hvit's 16
         resolved["patch_size"] = [25, 5] if mae else [16]
     for key, length in (("betas", 2), ("valid_range", 2), ("patch_size", 2 if mae else 1), ("rgb_bands", 3)):

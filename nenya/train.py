@@ -70,7 +70,10 @@ def main(opts_path: str, overrides: dict | None = None, debug: bool = False, res
     device = select_device(opt)
     main_process = distributed.is_main()
     if dry:
-        return dry_run(opt, model, train_loader, open_log(None, verbose and main_process))
+        log = open_log(None, verbose and main_process)
+        for note in getattr(method, "notes", ()):
+            log(note)
+        return dry_run(opt, model, train_loader, log)
 
     folder = run_dir(opt)
     restart = check_run_folder(folder, opt.to_dict(), resume)  # every process checks before any writes
@@ -83,6 +86,8 @@ def main(opts_path: str, overrides: dict | None = None, debug: bool = False, res
             clear_unfinished_run(folder)
         log(f"nothing to resume in {folder} (no checkpoint yet): starting the run from the beginning")
         resume = False
+    for note in getattr(method, "notes", ()):  # what the method did before the log existed (init_from)
+        log(note)
     distributed.barrier()
     run = Run(opt, method, model, optimizer, make_scaler(opt, device), device, train_loader, valid_loader, folder,
               log)

@@ -149,3 +149,21 @@ def test_bad_loss_settings_are_errors():
         FocalLoss(gamma=-1)
     with pytest.raises(NenyaError, match=r"label_smoothing must be in \[0.0, 1.0\)"):
         LabelSmoothingCrossEntropy(1.0)
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_the_loss_option_builds_each_formula_with_smoothing_and_weights(soft):
+    from nenya.losses.classification import build_classification_loss
+    logits, labels = data(4)
+    targets = mixed_targets(labels, 4) if soft else labels
+    x, t = logits.numpy(), targets.numpy()
+    weight = WEIGHTS[1]
+    w = torch.tensor(weight)
+    smoothed = (1 - 0.2) * as_distribution(t) + 0.2 / K  # focal alone: the targets are smoothed first
+    expected = {"ce": ref_smoothed_ce(x, t, 0.2, weight), "focal": ref_focal(x, smoothed, 1.5, weight),
+                "combined": 0.5 * ref_focal(x, t, 1.5, weight) + 0.5 * ref_smoothed_ce(x, t, 0.2, weight)}
+    for kind, value in expected.items():
+        loss = build_classification_loss(kind, gamma=1.5, smoothing=0.2, weight=w)(logits, targets)
+        assert loss.dtype == torch.float32 and loss.item() == pytest.approx(value, rel=1e-5), kind
+    with pytest.raises(NenyaError, match="hinge"):
+        build_classification_loss("hinge")

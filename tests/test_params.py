@@ -120,3 +120,13 @@ def test_params_accepts_a_path_or_a_dict(tmp_path):
     path = _write(tmp_path / "a.json", {"ssl_method": "SimCLR", "epochs": 7})
     assert Params(path).to_dict() == Params({"method": "simclr", "epochs": 7}).to_dict()
     assert Params(Params(path)).epochs == 7
+
+
+@pytest.mark.parametrize("method, model", [("segment", "attention_unet"), ("classify", "resnet18")])
+def test_the_shared_loss_option_defaults_and_checks_per_method(method, model):
+    """segment and classify share ``loss``; each gets its own default and refuses the other's losses."""
+    assert Params({"method": method, "model": model}).loss == {"segment": "dice_ce", "classify": "ce"}[method]
+    other = {"segment": "combined", "classify": "dice"}[method]
+    with pytest.raises(NenyaError, match=f"option 'loss' is \"{other}\", which method '{method}' does not have"):
+        Params({"method": method, "model": model, "loss": other})
+    assert Params({"method": method, "model": model, "loss": "focal"}).loss == "focal"

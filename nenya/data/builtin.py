@@ -79,6 +79,62 @@ def write_textures_h5(path, size=16, zoom=2, n_train=100, n_valid=25, valid_frac
     return write_h5(os.fspath(path), arrays, attrs)
 
 
+PHOTO_CLASSES = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "china", "flower")
+
+
+def photo(name: str) -> np.ndarray:
+    """One colour picture shipped with scikit-image (or scikit-learn: china, flower) as float32 [H, W, 3] in [0, 1]."""
+    if name in ("china", "flower"):
+        from sklearn.datasets import load_sample_image
+
+        image = load_sample_image(f"{name}.jpg")
+    else:
+        import skimage.data
+
+        image = getattr(skimage.data, name)()
+    return np.asarray(image[..., :3], dtype=np.float32) / 255.0
+
+
+@register_builtin("photos")
+def write_photos_h5(path, size=32, zoom=2, n_train=80, n_valid=30, seed=0):
+    """Write RGB patches of 7 colour pictures scikit-image and scikit-learn ship (label: the picture).
+
+    Each picture is shrunk by ``zoom`` (block mean) and cut into a checkerboard of 2 x ``size`` blocks:
+    training patches lie inside the "white" blocks and validation patches inside the "black" ones, so no
+    validation pixel is ever seen in training, while both come from every part of the picture. Images
+    [N, 3, size, size] in [0, 1]; ``class_names`` in the file's attributes.
+    """
+    from skimage.transform import downscale_local_mean
+
+    rng = np.random.default_rng(seed)
+    block = 2 * size
+    parts = {"train": ([], []), "valid": ([], [])}
+    for label, name in enumerate(PHOTO_CLASSES):
+        image = photo(name)
+        height, width = (image.shape[0] // zoom) * zoom, (image.shape[1] // zoom) * zoom
+        image = downscale_local_mean(image[:height, :width], (zoom, zoom, 1))  # [H, W, 3]
+        rows, columns = image.shape[0] // block, image.shape[1] // block
+        cells = [(r, c) for r in range(rows) for c in range(columns)]
+        for split, count, parity in (("train", n_train, 0), ("valid", n_valid, 1)):
+            mine = [cell for cell in cells if (cell[0] + cell[1]) % 2 == parity]
+            picks = rng.integers(0, len(mine), count)
+            offsets = rng.integers(0, block - size + 1, (count, 2))
+            for pick, (dy, dx) in zip(picks, offsets):
+                top, left = mine[pick][0] * block + dy, mine[pick][1] * block + dx
+                parts[split][0].append(image[top:top + size, left:left + size].transpose(2, 0, 1))
+                parts[split][1].append(label)
+    arrays = {}
+    for split, (images, labels) in parts.items():
+        arrays[split] = np.asarray(images, np.float32)  # [N, 3, size, size]
+        arrays[f"{split}_labels"] = np.asarray(labels, np.int64)
+    attrs = {"source": "skimage.data and sklearn.datasets.load_sample_image: " + ", ".join(PHOTO_CLASSES),
+             "n_classes": len(PHOTO_CLASSES), "class_names": ",".join(PHOTO_CLASSES),
+             "description": f"{size}x{size} RGB patches of each picture shrunk {zoom}x; label = picture; training "
+                            f"and validation patches from alternate {block}x{block} blocks (a checkerboard)",
+             "seed": int(seed)}
+    return write_h5(os.fspath(path), arrays, attrs)
+
+
 def resolve_builtin(images_file, data_folder):
     """Return the local file for a "builtin:<name>" images_file (made on first use), or None otherwise."""
     if not images_file.startswith(PREFIX):

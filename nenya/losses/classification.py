@@ -74,14 +74,19 @@ def _check(name: str, value: float, low: float, high: float | None = None) -> fl
 
 
 class FocalLoss(nn.Module):
-    """Focal loss (Lin et al. 2017) for soft or integer targets, optional class weights `alpha` [K]."""
+    """Focal loss (Lin et al. 2017) for soft or integer targets, optional class weights `alpha` [K]; with
+    ``smoothing`` eps the targets are (1 - eps) t + eps / K first."""
 
-    def __init__(self, gamma: float = 2.0, alpha: torch.Tensor | None = None):
+    def __init__(self, gamma: float = 2.0, alpha: torch.Tensor | None = None, smoothing: float = 0.0):
         super().__init__()
         self.gamma = _check("focal gamma", gamma, 0.0)
+        self.smoothing = _check("label_smoothing", smoothing, 0.0, 1.0)
         self.register_buffer("alpha", None if alpha is None else torch.as_tensor(alpha).float(), persistent=False)
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if self.smoothing:
+            num_classes = logits.shape[-1]
+            targets = target_distribution(targets, num_classes) * (1.0 - self.smoothing) + self.smoothing / num_classes
         return focal_loss(logits, targets, self.gamma, self.alpha)
 
 
@@ -115,3 +120,19 @@ class ClassificationLoss(nn.Module):
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         parts = self.terms(logits, targets)
         return self.focal_weight * parts["focal"] + self.ce_weight * parts["ce"]
+
+
+LOSS_KINDS = ("ce", "focal", "combined")
+
+
+def build_classification_loss(kind: str, gamma: float = 2.0, smoothing: float = 0.0,
+                              weight: torch.Tensor | None = None) -> nn.Module:
+    """The ``loss`` option's module: "ce" (label-smoothed CE), "focal" (on smoothed targets when smoothing > 0)
+    or "combined" (0.5 focal on the targets as given + 0.5 label-smoothed CE)."""
+    if kind == "ce":
+        return LabelSmoothingCrossEntropy(smoothing, weight)
+    if kind == "focal":
+        return FocalLoss(gamma, weight, smoothing)
+    if kind == "combined":
+        return ClassificationLoss(0.5, 0.5, gamma, smoothing, weight)
+    raise NenyaError(f"loss '{kind}' is unknown; choose from: {', '.join(LOSS_KINDS)}")

@@ -1,7 +1,7 @@
 """The training methods, one file per family, registered by name in :mod:`nenya.registry`."""
 
 from nenya.errors import NenyaError
-from nenya.methods import contrastive, mae, segment  # noqa: F401  (importing a method file registers it)
+from nenya.methods import classify, contrastive, mae, segment  # noqa: F401  (importing a method file registers it)
 from nenya.methods.base import Method
 from nenya.registry import METHODS, UnknownName, lookup
 

@@ -18,6 +18,7 @@ class Method:
     name = ""
     metrics = {"loss": "min"}  # every metric the method reports -> "min" or "max" (lower or higher is better)
     monitor = "loss"  # the metric that picks best.pth unless the monitor option names another
+    notes: list = []  # lines the method has to say before the run's log exists (train.py logs them)
 
     def __init__(self, opt):
         self.opt = opt

@@ -45,11 +45,11 @@ class SimCLR(Method):
         """SupConResNet (or another registered encoder) with a projection head, and an online linear probe
         (``probe``: a linear head on the detached encoder features) when the training images have labels."""
         opt = self.opt
-        shape = lambda: HDF5Images(images_path(opt), opt.train_key).image_shape  # noqa: E731
+        train = HDF5Images(images_path(opt), opt.train_key, key_option="train_key")
         model = build_model(opt.model, nchannels=opt.nchannels, head=opt.head, feat_dim=opt.feat_dim,
-                            **self.encoder_options(shape))
+                            **self.encoder_options(lambda: train.image_shape))
         if opt.num_classes is None:
-            labels = HDF5Images(images_path(opt), opt.train_key).labels
+            labels = train.labels
             opt.num_classes = int(labels.max()) + 1 if labels is not None and len(labels) else None
         if opt.num_classes:
             model.probe = LinearClassifier(model.dim_in, opt.num_classes)

@@ -25,3 +25,4 @@ def unwrap(model: nn.Module) -> nn.Module:
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     """The number of parameters of ``model`` (only those with requires_grad when ``trainable_only``)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+

@@ -51,10 +51,20 @@ class EncoderClassifier(nn.Module):
         self.backbone = model
         self.dim_in = model.dim_in
         self.classifier = LinearClassifier(model.dim_in, num_classes)
+        self.frozen = False  # True: the encoder runs in eval mode under no_grad (only the classifier learns)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits [B, num_classes] of images [B, C, H, W]."""
-        return self.classifier(self.backbone.encode(x))
+        if not self.frozen:
+            return self.classifier(self.backbone.encode(x))
+        was_training = self.backbone.training
+        self.backbone.eval()  # BatchNorm statistics and drop path left alone too
+        try:
+            with torch.no_grad():
+                features = self.backbone.encode(x)  # [B, dim_in]
+        finally:
+            self.backbone.train(was_training)
+        return self.classifier(features)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """The encoder's features [B, dim_in]."""

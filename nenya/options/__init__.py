@@ -6,10 +6,11 @@ name -> Option. ``ALIASES`` are other names accepted as written (the original Ne
 accepts with a warning and ignores.
 """
 
-from nenya.options import contrastive, general, hvit, mae, segment
+from nenya.options import classify, contrastive, general, hvit, mae, segment, supervised
 from nenya.options.base import ALL, Option  # noqa: F401  (re-exported)
 
-OPTIONS: list[Option] = [*general.OPTIONS, *contrastive.OPTIONS, *mae.OPTIONS, *hvit.OPTIONS, *segment.OPTIONS]
+OPTIONS: list[Option] = [*general.OPTIONS, *contrastive.OPTIONS, *mae.OPTIONS, *hvit.OPTIONS,
+                         *supervised.OPTIONS, *segment.OPTIONS, *classify.OPTIONS]
 SCHEMA: dict[str, Option] = {option.name: option for option in OPTIONS}
 ALIASES = {"ssl_method": "method", "ssl_model": "model", "cube_flip": "flip"}
 LEGACY_KEYS = general.LEGACY_KEYS

@@ -22,7 +22,7 @@ class Option:
     """
 
     name: str
-    type: str  # int, float, bool, str, int_list, float_list, str_list, float_list_or_auto, float_or_auto
+    type: str  # int, float, bool, str, int_list, float_list, str_list, float_list_or_auto, float_or_auto, experiments
     default: object
     help: str
     methods: tuple = ALL
@@ -43,7 +43,7 @@ class Option:
     @property
     def numeric(self) -> bool:
         """Whether values (or list elements) are numbers."""
-        return self.type in ("int", "float", "int_list", "float_list")
+        return self.type in ("int", "float", "int_list", "float_list", "float_list_or_auto", "float_or_auto")
 
     def in_range(self, number) -> bool:
         """Whether one number (a value, or one element of a list value) lies in the declared range."""

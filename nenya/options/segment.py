@@ -28,17 +28,8 @@ OPTIONS = [
            "(num_classes 1 or 2); saved masks map predictions back to this value", SEGMENT, nullable=True,
            section="segmentation", minimum=1),
     # loss
-    Option("loss", "str", "dice_ce", "segmentation loss: cross-entropy (K >= 2), BCE (num_classes 1), Dice, "
-           "Dice + CE/BCE or focal", SEGMENT, choices=("ce", "bce", "dice", "dice_ce", "focal"),
-           section="segmentation"),
-    Option("class_weights", "float_list_or_auto", None, "cross-entropy / focal class weights: a list of num_classes "
-           "numbers "
-           "(JSON list or '1,5,10') or 'auto' (N / (K n_c) from the training masks)", SEGMENT, nullable=True,
-           section="segmentation"),
     Option("pos_weight", "float_or_auto", None, "BCE foreground weight (num_classes 1): a number or 'auto' (background "
            "over foreground pixels of the training masks)", SEGMENT, nullable=True, section="segmentation"),
-    Option("focal_gamma", "float", 2.0, "focusing parameter of the focal loss", SEGMENT, section="segmentation",
-           minimum=0),
     # metrics
     Option("bf_tolerance", "int", 2, "boundary F1 tolerance: radius in pixels of the disk (ball) the boundaries "
            "are dilated by", SEGMENT, section="segmentation", minimum=0, maximum=100),
@@ -68,8 +59,6 @@ OPTIONS = [
            section="inference"),
     Option("sw_stitch_cpu", "bool", True, "stitch the windows' outputs in CPU memory (the model still runs on the "
            "device), so a large volume does not fill the GPU", SEGMENT, section="inference"),
-    Option("tta", "bool", False, "flip test-time augmentation: average the probabilities of the image and its flips "
-           "along each spatial axis", SEGMENT, section="inference"),
     Option("save_masks", "bool", False, "nenya.evaluate: write the predicted masks to masks.h5 in its out folder "
            "(--save-masks)", SEGMENT, section="inference"),
 ]
