@@ -2,7 +2,7 @@
 
 Run: python benchmarks/segment.py [--size 256] [--batch 4] [--channels 2] [--widths 32 64 128 256 512]
                                   [--volume 64] [--volume-batch 1] [--repeats 5] [--steps 1] [--warmup 1]
-                                  [--skip-2d] [--skip-3d] [--quick]
+                                  [--skip-2d] [--skip-3d] [--quick] [--figure segment_benchmark.png]
 A step is forward, loss, backward and an Adam step. Part 1: nenya's attention_unet against MONAI's
 AttentionUnet (same widths, strides 2), 2-D, `--channels` channels, one class (BCE with logits),
 `--batch` x `--size`^2; MONAI is timed as built and, for the record, with channels-last weights and
@@ -12,6 +12,7 @@ warm-up; each prints its median wall-clock and process-CPU ms/step over the repe
 machine the CPU time is the steadier measure of single-threaded work), the ratios nenya / MONAI
 (target for the Attention U-Net: <= 1.0) and the parameter counts. `--quick` shrinks the images to 128^2 and the
 repeats to 3 for a short CPU run (SwinUNETR needs volumes of 64^3 or more, multiples of 32).
+`--figure PATH` also draws the comparisons as bars (CPU ms per step and parameters) into a PNG.
 """
 
 import argparse
@@ -60,7 +61,32 @@ def report(title: str, medians: dict, params: dict, ours: str, theirs: str, targ
           f"CPU {medians[ours][1] / medians[theirs][1]:.3f}   ({target})")
 
 
-def attention_unet_part(args) -> None:
+def draw(results: list, path: str) -> None:
+    """Bars of CPU ms/step and millions of parameters, one row per comparison of ``results`` [(title, medians, params)]."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(len(results), 2, figsize=(11, 2.2 + 1.6 * len(results)), squeeze=False)
+    for row, (title, medians, params) in enumerate(results):
+        names = list(medians)
+        colours = ["tab:blue" if name.startswith("nenya") else "tab:grey" for name in names]
+        for column, (values, label) in enumerate((([medians[n][1] * 1000 for n in names], "CPU ms per training step"),
+                                                  ([params[n] / 1e6 for n in names], "parameters (millions)"))):
+            axis = axes[row, column]
+            bars = axis.barh(names, values, color=colours)
+            axis.bar_label(bars, fmt="%.1f", padding=3)
+            axis.invert_yaxis()
+            axis.set_xlabel(label)
+            axis.set_xlim(0, max(values) * 1.25)
+            if column == 0:
+                axis.set_title(title, loc="left", fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def attention_unet_part(args) -> tuple:
     """nenya attention_unet against MONAI AttentionUnet, 2-D."""
     from monai.networks.nets import AttentionUnet
 
@@ -79,9 +105,10 @@ def attention_unet_part(args) -> None:
            medians, params, "nenya attention_unet", "MONAI AttentionUnet", "target <= 1.0")
     ours, cl = medians["nenya attention_unet"], medians["MONAI AttentionUnet, channels-last"]
     print(f"  ratio nenya / MONAI channels-last: wall {ours[0] / cl[0]:.3f}, CPU {ours[1] / cl[1]:.3f}")
+    return f"Attention U-Net, 2-D, {args.batch} x {args.channels} x {args.size}^2", medians, params
 
 
-def dformer_part(args) -> None:
+def dformer_part(args) -> tuple:
     """nenya dformer3d against MONAI SwinUNETR (feature_size 24), 3-D."""
     from monai.networks.nets import SwinUNETR
 
@@ -95,6 +122,7 @@ def dformer_part(args) -> None:
     params = {name: count_parameters(model) for name, (model, _) in entries.items()}
     report(f"3-D transformers, batch {args.volume_batch} x 1 x {size}^3, 3 classes", medians, params,
            "nenya dformer3d", "MONAI SwinUNETR (feature_size 24)", "for the record")
+    return f"3-D transformers, {args.volume_batch} x 1 x {size}^3", medians, params
 
 
 def main(argv=None) -> None:
@@ -112,6 +140,7 @@ def main(argv=None) -> None:
     parser.add_argument("--skip-2d", action="store_true")
     parser.add_argument("--skip-3d", action="store_true")
     parser.add_argument("--quick", action="store_true", help="128^2 images and 3 repeats")
+    parser.add_argument("--figure", help="also draw the comparisons into this PNG")
     args = parser.parse_args(argv)
     if args.quick:
         args.size, args.repeats = 128, 3
@@ -120,10 +149,10 @@ def main(argv=None) -> None:
     print(f"torch {torch.__version__}, CPU threads: torch.get_num_threads() = {torch.get_num_threads()}, "
           f"os.cpu_count() = {os.cpu_count()}, OMP_NUM_THREADS = {os.environ.get('OMP_NUM_THREADS', 'unset')}")
     print(f"{args.warmup} warm-up step(s), then {args.repeats} repeats x {args.steps} step(s), models alternating")
-    if not args.skip_2d:
-        attention_unet_part(args)
-    if not args.skip_3d:
-        dformer_part(args)
+    results = ([attention_unet_part(args)] if not args.skip_2d else []) + ([dformer_part(args)] if not args.skip_3d else [])
+    if args.figure and results:
+        draw(results, args.figure)
+        print(f"figure: {args.figure}")
 
 
 if __name__ == "__main__":

@@ -50,7 +50,8 @@ def _value(option, number):
     number = int(number) if option.type.startswith("int") else float(number)
     if option.name == "random_cropjitter":
         return [max(number, 1), number]
-    return [number] * LIST_LENGTH.get(option.name, 2) if option.type.endswith("_list") else number
+    listed = option.type.endswith("_list") or option.type == "float_list_or_auto"
+    return [number] * LIST_LENGTH.get(option.name, 2) if listed else number
 
 
 def _accepts(option, number) -> bool:
@@ -82,7 +83,7 @@ def test_the_maximum_is_enforced(option):
 @pytest.mark.parametrize("option", [o for o in NUMERIC if o.type.startswith("float")], ids=lambda o: o.name)
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
 def test_nan_and_infinity_are_never_accepted(option, bad):
-    value = [0.5, bad] if option.type == "float_list" else bad
+    value = [0.5, bad] if option.type in ("float_list", "float_list_or_auto") else bad
     with pytest.raises(NenyaError, match=f"'{option.name}' is .*finite number"):
         Params({"method": "mae", option.name: value}, warn_unused=False)
 

@@ -29,7 +29,8 @@ OPTIONS = [
            section="segmentation", minimum=1),
     # loss
     Option("pos_weight", "float_or_auto", None, "BCE foreground weight (num_classes 1): a number or 'auto' (background "
-           "over foreground pixels of the training masks)", SEGMENT, nullable=True, section="segmentation"),
+           "over foreground pixels of the training masks)", SEGMENT, nullable=True, section="segmentation",
+           minimum=0, exclusive_minimum=True),
     # metrics
     Option("bf_tolerance", "int", 2, "boundary F1 tolerance: radius in pixels of the disk (ball) the boundaries "
            "are dilated by", SEGMENT, section="segmentation", minimum=0, maximum=100),
