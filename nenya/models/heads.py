@@ -1,6 +1,7 @@
 """Projection heads (encoder features -> contrastive space) and the linear classifier on any encoder."""
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from nenya.errors import NenyaError
@@ -19,6 +20,26 @@ def projection_head(kind: str, dim_in: int, feat_dim: int) -> nn.Module:
     if kind == "linear":
         return nn.Linear(dim_in, feat_dim)
     raise NenyaError(f"unknown projection head {kind!r}; choose from: {', '.join(HEAD_KINDS)}")
+
+
+class ProjectedEncoder(nn.Module):
+    """An encoder (features [B, dim_out]) + a projection head: SupConResNet's interface (forward, encode, dim_in)."""
+
+    def __init__(self, encoder: nn.Module, head: str = "mlp", feat_dim: int = 128):
+        super().__init__()
+        self.encoder = encoder
+        self.dim_in = encoder.dim_out
+        self.head = projection_head(head, self.dim_in, feat_dim)
+
+    def forward(self, x: torch.Tensor, return_features: bool = False):
+        """Unit-length projections [B, feat_dim] for the contrastive loss (and the encoder features [B, dim_in])."""
+        features = self.encoder(x)
+        projections = F.normalize(self.head(features), dim=1)
+        return (projections, features) if return_features else projections
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Encoder features [B, dim_in] without the head."""
+        return self.encoder(x)
 
 
 class LinearClassifier(nn.Linear):

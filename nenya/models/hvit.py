@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from nenya.errors import NenyaError
-from nenya.models.heads import projection_head
+from nenya.models.heads import ProjectedEncoder
 from nenya.models.mae_spectral import sincos_2d
 from nenya.registry import register_model
 
@@ -408,28 +408,16 @@ def init_weights(module: nn.Module) -> None:
         nn.init.trunc_normal_(module.relative_position_bias_table, std=0.02)
 
 
-class SupConHViT(nn.Module):
+class SupConHViT(ProjectedEncoder):
     """HViT encoder + projection head, with SupConResNet's interface (forward, encode, dim_in)."""
 
     def __init__(self, nchannels: int = 3, head: str = "mlp", feat_dim: int = 128, spectral_channels: int = 0,
                  **geometry):
-        super().__init__()
         if not 0 <= spectral_channels < nchannels:
             raise NenyaError(f"hvit: spectral_channels {spectral_channels} must be in [0, nchannels {nchannels}): "
                              "they are the last channels of the input, after at least one image channel")
-        self.encoder = HViT(in_chans=nchannels - spectral_channels, spectral_channels=spectral_channels, **geometry)
-        self.dim_in = self.encoder.dim_out
-        self.head = projection_head(head, self.dim_in, feat_dim)
-
-    def forward(self, x: torch.Tensor, return_features: bool = False):
-        """Unit-length projections [B, feat_dim] for the contrastive loss (and the encoder features [B, dim_in])."""
-        features = self.encoder(x)
-        projections = F.normalize(self.head(features), dim=1)
-        return (projections, features) if return_features else projections
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Encoder features [B, dim_in] (mean-pooled, LayerNorm-ed) without the head."""
-        return self.encoder(x)
+        encoder = HViT(in_chans=nchannels - spectral_channels, spectral_channels=spectral_channels, **geometry)
+        super().__init__(encoder, head, feat_dim)
 
     def no_weight_decay(self) -> set[str]:
         """The encoder's relative position bias tables, by their names in this model."""

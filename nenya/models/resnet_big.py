@@ -10,7 +10,7 @@ from torch import nn
 
 from nenya.errors import NenyaError
 from nenya.registry import register_model
-from nenya.models.heads import projection_head
+from nenya.models.heads import ProjectedEncoder
 
 
 class BasicBlock(nn.Module):
@@ -126,25 +126,12 @@ def resnet_encoder(name: str, nchannels: int = 3) -> ResNet:
     return ResNet(block, num_blocks, nchannels=nchannels)
 
 
-class SupConResNet(nn.Module):
+class SupConResNet(ProjectedEncoder):
     """ResNet encoder + projection head; forward returns L2-normalised projections [B, feat_dim]."""
 
     def __init__(self, name: str = "resnet18", nchannels: int = 3, head: str = "mlp",
                  feat_dim: int = 128):
-        super().__init__()
-        self.encoder = resnet_encoder(name, nchannels)
-        self.dim_in = self.encoder.dim_out
-        self.head = projection_head(head, self.dim_in, feat_dim)
-
-    def forward(self, x: torch.Tensor, return_features: bool = False):
-        """Unit-length projections [B, feat_dim] for the contrastive loss (and the encoder features [B, dim_in])."""
-        features = self.encoder(x)
-        projections = F.normalize(self.head(features), dim=1)
-        return (projections, features) if return_features else projections
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Encoder features [B, dim_in] without the head and without normalisation."""
-        return self.encoder(x)
+        super().__init__(resnet_encoder(name, nchannels), head, feat_dim)
 
 
 @register_model("resnet18")
