@@ -9,7 +9,6 @@ import pytest
 
 import nenya.train
 from conftest import fails_with, write_images_h5, write_opts
-from nenya.registry import METHODS
 from nenya.sweep import cli as sweep_cli
 from nenya.sweep import experiment_overrides
 from nenya.sweep import main as sweep_main
@@ -123,8 +122,6 @@ def test_sweep_file_mistakes_are_one_line_errors(tmp_path, capsys):
     assert not (tmp_path / "models").exists()  # nothing written by any of these
 
 
-@pytest.mark.skipif("segment" not in METHODS, reason="the segment method is not registered yet (being written "
-                                                     "in another branch); opts/rosette_sweep.json trains with it")
 def test_rosette_sweep_file_dry_runs(capsys):
     rows = sweep_main(os.path.join(ROOT, "opts", "rosette_sweep.json"), dry=True)
     assert [r["name"] for r in rows] == ["baseline_test", "baseline_full", "higher_lr", "larger_batch",
