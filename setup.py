@@ -22,6 +22,9 @@ setup(
         "scipy",
         "scikit-image",  # the built-in textures and segmentation data
         "monai",  # segmentation losses, metrics and sliding-window inference (torch and numpy only)
+        "kornia",  # batched augmentation on the device (SimCLR RGB views, classification presets)
+        "torchmetrics",  # classification metrics
+        "pillow",  # image folders (PNG, JPEG, TIFF)
     ],
     extras_require={
         "mlflow": ["mlflow"],

@@ -18,7 +18,7 @@ def test_metrics_match_sklearn_with_a_class_never_predicted_and_one_never_presen
     predictions[predictions == 2] = 1  # class 2 never predicted
     matrix = confusion_matrix(torch.from_numpy(predictions), torch.from_numpy(labels), 6)
     np.testing.assert_array_equal(matrix.numpy(), sk_confusion(labels, predictions, labels=range(6)))
-    metrics = classification_metrics(matrix)
+    metrics = classification_metrics(torch.from_numpy(predictions), torch.from_numpy(labels), 6)
     seen = np.unique(np.r_[labels, predictions])
     assert metrics["acc"] == pytest.approx(accuracy_score(labels, predictions))
     assert metrics["macro_f1"] == pytest.approx(f1_score(labels, predictions, average="macro", labels=seen,

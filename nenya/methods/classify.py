@@ -22,7 +22,7 @@ from nenya.errors import NenyaError
 from nenya.io.pretrained import load_encoder
 from nenya.losses.classification import build_classification_loss, class_weights
 from nenya.methods.base import Method
-from nenya.metrics.classification import classification_metrics, confusion_matrix
+from nenya.metrics.classification import accuracy_of, classification_metrics, confusion_matrix
 from nenya.models import build_model, unwrap
 from nenya.models.heads import EncoderClassifier
 from nenya.models.tta import tta_probabilities
@@ -146,9 +146,9 @@ class Classify(Method):
     def _metrics(self, outputs):
         """Mean loss and the confusion-matrix metrics of one evaluation pass's gathered outputs."""
         metrics = super().summarize({"batch_size": outputs["batch_size"], "loss": outputs["loss"]})
-        self._matrix = confusion_matrix(outputs["probabilities"].argmax(dim=1), outputs["labels"],
-                                        self.opt.num_classes)
-        metrics.update(classification_metrics(self._matrix))
+        predictions = outputs["probabilities"].argmax(dim=1)  # [N]
+        self._matrix = confusion_matrix(predictions, outputs["labels"], self.opt.num_classes)
+        metrics.update(classification_metrics(predictions, outputs["labels"], self.opt.num_classes))
         return metrics
 
     def validation(self, model, run, valid_data):
@@ -167,7 +167,7 @@ class Classify(Method):
         if self._matrix is not None:
             os.makedirs(folder, exist_ok=True)
             confusion_figure(self._matrix, self.class_names, os.path.join(folder, f"confusion_epoch{epoch}.png"),
-                             f"validation, epoch {epoch}: accuracy {classification_metrics(self._matrix)['acc']:.3f}",
+                             f"validation, epoch {epoch}: accuracy {accuracy_of(self._matrix):.3f}",
                              self.opt.dpi)
 
     def eval_dataset(self, path=None, key=None):
