@@ -15,7 +15,7 @@ import h5py
 from tqdm import tqdm
 
 from nenya.errors import NenyaError, positive_int, run_cli
-from nenya.io.atomic import TEMPORARY_SUFFIX, write_failure
+from nenya.io.atomic import atomic_path
 
 BLOCK_BYTES = 64 << 20  # bytes copied per read and write
 
@@ -63,24 +63,13 @@ def rechunk(source, target, keys=None, chunk_images: int | None = None, progress
     contiguous (``chunk_images`` None) or in chunks of ``chunk_images`` images; return {key: chunk shape or None}."""
     source, target = os.fspath(source), os.fspath(target)
     check_paths(source, target)
-    temporary = f"{target}{TEMPORARY_SUFFIX}"
-    try:
-        with h5py.File(source, "r") as src:
-            rewrite = chosen_keys(src, source, keys)
-            total = sum(src[key].size * src[key].dtype.itemsize for key in rewrite)
-            with h5py.File(temporary, "w") as out, \
-                    tqdm(total=total, unit="B", unit_scale=True, desc="rechunk",
-                         disable=None if progress else True) as bar:
-                copy_group(src, out, set(rewrite), chunk_images, bar)
-                layouts = {key: out[key].chunks for key in rewrite}
-        publish(temporary, target)
-    except BaseException as err:
-        if os.path.lexists(temporary):
-            os.remove(temporary)
-        failure = write_failure(err, target) if isinstance(err, Exception) else None
-        if failure is not None:
-            raise failure from None
-        raise
+    with atomic_path(target, publish=publish) as temporary, h5py.File(source, "r") as src:
+        rewrite = chosen_keys(src, source, keys)
+        total = sum(src[key].size * src[key].dtype.itemsize for key in rewrite)
+        with h5py.File(temporary, "w") as out, \
+                tqdm(total=total, unit="B", unit_scale=True, desc="rechunk", disable=None if progress else True) as bar:
+            copy_group(src, out, set(rewrite), chunk_images, bar)
+            layouts = {key: out[key].chunks for key in rewrite}
     return layouts
 
 

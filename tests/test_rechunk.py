@@ -110,6 +110,22 @@ def test_bad_input_is_one_line(source, tmp_path, capsys, argv, expect):
     assert not (tmp_path / "o.h5").exists() and not (tmp_path / "o.h5.tmp").exists()
 
 
+def test_a_file_made_meanwhile_at_the_output_path_is_kept(source, tmp_path, monkeypatch, capsys):
+    path, _ = source
+    out = tmp_path / "out.h5"
+    real_copy = rechunk_module.copy_group
+
+    def copy_while_someone_writes_out(*args):
+        real_copy(*args)
+        out.write_bytes(b"made meanwhile")
+
+    monkeypatch.setattr(rechunk_module, "copy_group", copy_while_someone_writes_out)
+    assert cli([str(path), str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "appeared while it was being written" in err
+    assert out.read_bytes() == b"made meanwhile" and not (tmp_path / "out.h5.tmp").exists()
+
+
 def test_a_failed_copy_leaves_nothing(source, tmp_path, monkeypatch):
     path, _ = source
     out = tmp_path / "out.h5"

@@ -64,15 +64,16 @@ def write_failure(err: BaseException, path: str) -> WriteFailed | None:
 
 
 @contextmanager
-def atomic_path(path: str):
-    """Yield ``path + '.tmp'``; on success it replaces ``path``, on any failure it is removed.
+def atomic_path(path: str, publish=os.replace):
+    """Yield ``path + '.tmp'``; on success ``publish(temporary, path)`` gives it its name (by default replacing
+    ``path``), on any failure it is removed.
 
     A disk-full or permission error becomes a WriteFailed naming ``path``.
     """
     temporary = f"{path}{TEMPORARY_SUFFIX}"
     try:
         yield temporary
-        os.replace(temporary, path)
+        publish(temporary, path)
     except BaseException as err:
         if os.path.lexists(temporary):
             os.remove(temporary)
