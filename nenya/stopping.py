@@ -2,6 +2,13 @@
 more than ``min_delta`` end the run."""
 
 
+def is_better(value: float, best: float | None, mode: str, min_delta: float = 0.0) -> bool:
+    """Whether ``value`` beats ``best`` (None: nothing yet) by more than ``min_delta`` under ``mode`` ('min'/'max')."""
+    if best is None:
+        return True
+    return value > best + min_delta if mode == "max" else value < best - min_delta
+
+
 class EarlyStopping:
     """Watches the monitored metric at each validation; ``update`` says when the run should stop.
 
@@ -17,19 +24,11 @@ class EarlyStopping:
         self.best_epoch: int | None = None
         self.stopped_epoch: int | None = None
 
-    def improves(self, value: float) -> bool:
-        """Whether ``value`` beats the best so far by more than min_delta."""
-        if self.best is None:
-            return True
-        if self.mode == "max":
-            return value > self.best + self.min_delta
-        return value < self.best - self.min_delta
-
     def update(self, value: float, epoch: int) -> bool:
         """Record the value validated after ``epoch``; True when the run should stop now."""
         if self.patience is None:
             return False
-        if self.improves(value):
+        if is_better(value, self.best, self.mode, self.min_delta):
             self.best, self.best_epoch = float(value), epoch
             return False
         if epoch - self.best_epoch >= self.patience:

@@ -30,7 +30,7 @@ from nenya.methods import get_method
 from nenya.models import unwrap
 from nenya.models.ema import ModelEMA
 from nenya.schedules import make_plateau, plateau_epoch_rate, plateau_step
-from nenya.stopping import EarlyStopping
+from nenya.stopping import EarlyStopping, is_better
 
 
 class AverageMeter:
@@ -624,11 +624,6 @@ def monitor_of(opt, method) -> tuple[str, str]:
     """(metric that picks best.pth, 'min' or 'max'): the option or the method's default, direction declared."""
     name = opt.monitor or method.monitor
     return name, method.direction(name)
-
-
-def is_better(value: float, best: float | None, mode: str) -> bool:
-    """Whether ``value`` beats ``best`` under ``mode``."""
-    return best is None or (value > best if mode == "max" else value < best)
 
 
 def across_processes(result: EpochResult) -> EpochResult:
