@@ -23,6 +23,7 @@ its low 32 bits, which `derive_seed` mixes well.
 
 import functools
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 
 import torch
@@ -41,6 +42,16 @@ def derive_seed(*values) -> int:
     for value in values:
         state = _splitmix64(state ^ (int(value) & _MASK64))
     return state >> 1
+
+
+@contextmanager
+def batch_generator(seed: int, epoch: int, indices: torch.Tensor, device: torch.device):
+    """Inside: torch's generators (CPU, and ``device``'s) seeded from (seed, epoch, the batch's item indices);
+    after: restored, so the draws made inside (kornia's, say) leave the training generator alone."""
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(derive_seed(seed, epoch, *indices.reshape(-1).tolist()))
+        yield
 
 
 def _splitmix64(x):

@@ -20,7 +20,8 @@ import kornia.augmentation as K
 import torch
 from torch import nn
 
-from nenya.data.batch_transforms import CubeAugment, ImageAugment, augment_cubes, batch_means, derive_seed, two_views
+from nenya.data.batch_transforms import (CubeAugment, ImageAugment, augment_cubes, batch_generator, batch_means,
+                                         derive_seed, two_views)
 from nenya.data.transforms import build_augmentation
 from nenya.data.views import TwoViews
 from nenya.errors import NenyaError
@@ -120,9 +121,7 @@ class ContrastiveViews:
             return two_views(images, seeds, self.image_augment)
         if images.dim() != 4:
             raise NenyaError(f"augment '{self.kind}' works on 2-D images [B, C, H, W], got {list(images.shape)}")
-        devices = [images.device.index or 0] if images.is_cuda else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(derive_seed(self.seed, epoch, *indices.tolist()))
+        with batch_generator(self.seed, epoch, indices, images.device):
             views = self.simclr(images.shape[-2:])(torch.cat([images, images]))  # [2B, C, H, W]
         views = demeaned(views) if self.demean else views
         return views.view(2, *images.shape).transpose(0, 1)  # [B, 2, C, H, W]

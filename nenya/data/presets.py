@@ -21,12 +21,11 @@ only on the run's seed, the epoch and which items it holds (a resumed run draws 
 on the CPU), and the training generator is left alone.
 """
 
-from contextlib import contextmanager
 
 import torch
 from torch import nn
 
-from nenya.data.batch_transforms import derive_seed
+from nenya.data.batch_transforms import batch_generator
 from nenya.errors import NenyaError
 
 PRESETS = ("none", "light", "moderate", "aggressive")
@@ -55,16 +54,6 @@ def build_preset(name: str, size: tuple[int, int], channels: int) -> nn.Module |
                 steps.append(K.RandomGrayscale(p=0.2))
             steps += [K.RandomGaussianBlur((5, 5), (0.1, 2.0), p=0.3), K.RandomErasing((0.02, 0.2), p=0.25)]
     return K.AugmentationSequential(*steps)
-
-@contextmanager
-def batch_generator(seed: int, epoch: int, indices: torch.Tensor, device: torch.device):
-    """Inside: torch's generators (CPU, and ``device``'s) seeded from (seed, epoch, the batch's item indices);
-    after: restored, so the draws made inside leave the training generator alone."""
-    devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(derive_seed(seed, epoch, *indices.reshape(-1).tolist()))
-        yield
-
 
 def augment_batch(pipeline: nn.Module | None, images: torch.Tensor, seed: int, epoch: int,
                   indices: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,8 @@ from nenya import distributed
 from nenya.data.folders import ImageFolder, data_path
 from nenya.data.hdf5 import HDF5Images, check_channels, check_images
 from nenya.data.mixing import Mixer
-from nenya.data.presets import batch_generator, build_preset, check_preset_size
+from nenya.data.batch_transforms import batch_generator
+from nenya.data.presets import build_preset, check_preset_size
 from nenya.errors import NenyaError
 from nenya.io.pretrained import load_encoder
 from nenya.losses.classification import build_classification_loss, class_weights
